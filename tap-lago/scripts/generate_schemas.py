@@ -1,0 +1,294 @@
+"""Generate tap-lago's stream schemas from the official Lago OpenAPI spec.
+
+Usage (from anywhere)::
+
+    python tap-lago/scripts/generate_schemas.py            # write tap_lago/schemas/*.json
+    python tap-lago/scripts/generate_schemas.py --check    # exit 1 if a file would change
+
+The spec is read from ``$LAGO_OPENAPI_SPEC`` or ``<repo root>/../shared/lago-openapi.yaml``;
+it is never copied into the repository. For each stream the item schema is taken from the
+``200`` response of its list endpoint (wrapper key -> ``items``), every ``$ref`` and ``allOf``
+is resolved, and only what a Singer schema needs is kept: property names, types, formats,
+nullability and enums. Descriptions, examples and validation constraints (patterns,
+bounds) are dropped.
+
+Nullability: a field is nullable when the spec says so, and also when it is not in the
+object's ``required`` list (the server may omit it or send ``null``). Key fields (primary
+keys and replication keys) are kept non-nullable and required. The output is sorted and
+stable, so re-running the script on the same spec gives no diff.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import typing as t
+from pathlib import Path
+
+import yaml
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / "tap_lago"
+SCHEMAS_DIR = PACKAGE_DIR / "schemas"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# stream -> (list path, wrapper key in the 200 response, key fields kept non-null)
+STREAMS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "customers": ("/customers", "customers", ("lago_id", "updated_at")),
+    "subscriptions": ("/subscriptions", "subscriptions", ("lago_id",)),
+    "invoices": ("/invoices", "invoices", ("lago_id", "updated_at")),
+    "billable_metrics": ("/billable_metrics", "billable_metrics", ("lago_id",)),
+    "plans": ("/plans", "plans", ("lago_id",)),
+    "events": (
+        "/events",
+        "events",
+        ("transaction_id", "external_subscription_id", "timestamp"),
+    ),
+    "coupons": ("/coupons", "coupons", ("lago_id",)),
+    "add_ons": ("/add_ons", "add_ons", ("lago_id",)),
+    "fees": ("/fees", "fees", ("lago_id", "created_at")),
+    "credit_notes": ("/credit_notes", "credit_notes", ("lago_id", "updated_at")),
+    "wallets": ("/wallets", "wallets", ("lago_id",)),
+    "wallet_transactions": (
+        "/wallets/{lago_id}/wallet_transactions",
+        "wallet_transactions",
+        ("lago_id",),
+    ),
+    "taxes": ("/taxes", "taxes", ("lago_id",)),
+    "applied_coupons": ("/applied_coupons", "applied_coupons", ("lago_id",)),
+    "customer_usage": (
+        "/customers/{external_customer_id}/current_usage",
+        "customer_usage",
+        ("external_customer_id", "external_subscription_id", "from_datetime"),
+    ),
+}
+
+# Fields missing from the spec's item schema: keys the tap adds to records (usage), and
+# fields the v1.51 serializers send that the spec leaves out (LAGO_API_BEHAVIOUR.md §2).
+EXTRA_PROPERTIES: dict[str, dict[str, dict[str, t.Any]]] = {
+    "invoices": {
+        "voided_at": {"format": "date-time", "type": ["string", "null"]},
+    },
+    "customer_usage": {
+        "external_customer_id": {"type": "string"},
+        "external_subscription_id": {"type": "string"},
+    },
+}
+
+# JSON Schema keywords carried over from the spec (everything else is dropped).
+_PRIMITIVE_KEYWORDS = ("format", "enum")
+
+
+def spec_path() -> Path:
+    """Locate the OpenAPI spec: ``$LAGO_OPENAPI_SPEC`` or ``<repo>/../shared/``."""
+    env = os.environ.get("LAGO_OPENAPI_SPEC")
+    if env:
+        return Path(env)
+    return REPO_ROOT.parent / "shared" / "lago-openapi.yaml"
+
+
+def load_spec(path: Path | None = None) -> dict[str, t.Any]:
+    """Load the spec as a dict."""
+    path = path or spec_path()
+    if not path.is_file():
+        msg = f"Lago OpenAPI spec not found at {path}; set LAGO_OPENAPI_SPEC"
+        raise FileNotFoundError(msg)
+    with path.open(encoding="utf-8") as fh:
+        return t.cast("dict[str, t.Any]", yaml.safe_load(fh))
+
+
+class _Resolver:
+    """Turn spec fragments into plain, self-contained JSON Schema."""
+
+    def __init__(self, spec: dict[str, t.Any]) -> None:
+        self.spec = spec
+
+    def deref(self, node: dict[str, t.Any], stack: tuple[str, ...]) -> tuple[dict, tuple]:
+        """Follow ``$ref`` chains, returning the target and the updated ref stack."""
+        while "$ref" in node:
+            ref = node["$ref"]
+            if ref in stack:
+                msg = f"recursive $ref {ref} via {' -> '.join(stack)}"
+                raise ValueError(msg)
+            stack = (*stack, ref)
+            target: t.Any = self.spec
+            for part in ref.removeprefix("#/").split("/"):
+                target = target[part]
+            # Sibling keywords next to $ref (3.1 allows it) override the target.
+            siblings = {k: v for k, v in node.items() if k != "$ref"}
+            node = {**target, **siblings} if siblings else target
+        return node, stack
+
+    def merge_all_of(self, node: dict[str, t.Any], stack: tuple[str, ...]) -> dict:
+        """Flatten ``allOf`` into one object schema (union of properties and required)."""
+        merged: dict[str, t.Any] = {k: v for k, v in node.items() if k != "allOf"}
+        props: dict[str, t.Any] = dict(merged.pop("properties", {}) or {})
+        required: list[str] = list(merged.pop("required", []) or [])
+        for part in node["allOf"]:
+            part, sub_stack = self.deref(part, stack)  # noqa: PLW2901
+            if "allOf" in part:
+                part = self.merge_all_of(part, sub_stack)  # noqa: PLW2901
+            props.update(part.get("properties") or {})
+            required.extend(part.get("required") or [])
+            for key in ("type", "nullable", "additionalProperties"):
+                if key in part and key not in merged:
+                    merged[key] = part[key]
+        merged["properties"] = props
+        merged["required"] = sorted(set(required))
+        merged.setdefault("type", "object")
+        return merged
+
+    def convert(self, node: dict[str, t.Any], stack: tuple[str, ...], *, nullable: bool) -> dict:
+        """Convert one schema node; ``nullable`` adds ``null`` to its type."""
+        node, stack = self.deref(node, stack)
+        if "allOf" in node:
+            node = self.merge_all_of(node, stack)
+        nullable = nullable or bool(node.get("nullable"))
+
+        for key in ("oneOf", "anyOf"):
+            if key in node:
+                return self._convert_union(node[key], stack, nullable=nullable)
+
+        types = _types(node)
+        if "null" in types:
+            nullable = True
+            types = [x for x in types if x != "null"]
+        if not types:
+            types = ["object"] if "properties" in node else ["string"]
+
+        out: dict[str, t.Any] = {}
+        for key in _PRIMITIVE_KEYWORDS:
+            if key in node:
+                out[key] = copy.deepcopy(node[key])
+        if "enum" in out and nullable and None not in out["enum"]:
+            out["enum"].append(None)
+        if "enum" in out:
+            out["enum"] = sorted(out["enum"], key=lambda v: (v is None, str(v)))
+
+        if "object" in types:
+            required = set(node.get("required") or [])
+            props = node.get("properties") or {}
+            if props:
+                out["properties"] = {
+                    name: self.convert(prop, stack, nullable=name not in required)
+                    for name, prop in sorted(props.items())
+                }
+            extra = node.get("additionalProperties")
+            if isinstance(extra, dict) and extra:
+                out["additionalProperties"] = self.convert(extra, stack, nullable=False)
+        if "array" in types:
+            items = node.get("items")
+            out["items"] = self.convert(items, stack, nullable=False) if items else {}
+
+        out["type"] = _type_value(types, nullable=nullable)
+        return out
+
+    def _convert_union(
+        self, branches: list[dict], stack: tuple[str, ...], *, nullable: bool
+    ) -> dict:
+        converted = [self.convert(b, stack, nullable=False) for b in branches]
+        if all(set(c) == {"type"} for c in converted):
+            # A union of bare primitives is a type list.
+            types: list[str] = []
+            for c in converted:
+                for x in c["type"] if isinstance(c["type"], list) else [c["type"]]:
+                    if x != "null" and x not in types:
+                        types.append(x)
+                    nullable = nullable or x == "null"
+            return {"type": _type_value(types, nullable=nullable)}
+        if nullable:
+            converted.append({"type": "null"})
+        return {"anyOf": converted}
+
+
+def _types(node: dict[str, t.Any]) -> list[str]:
+    raw = node.get("type")
+    if raw is None:
+        return []
+    return list(raw) if isinstance(raw, list) else [raw]
+
+
+def _type_value(types: list[str], *, nullable: bool) -> str | list[str]:
+    order = ["object", "array", "string", "integer", "number", "boolean"]
+    ordered = sorted(set(types), key=lambda x: order.index(x) if x in order else len(order))
+    if nullable:
+        return [*ordered, "null"]
+    return ordered[0] if len(ordered) == 1 else ordered
+
+
+def _item_schema(spec: dict[str, t.Any], path: str, wrapper: str) -> dict[str, t.Any]:
+    """The raw spec schema of one record of a list (or single-object) endpoint."""
+    response = spec["paths"][path]["get"]["responses"]["200"]
+    schema = response["content"]["application/json"]["schema"]
+    resolver = _Resolver(spec)
+    body, stack = resolver.deref(schema, ())
+    if "allOf" in body:
+        body = resolver.merge_all_of(body, stack)
+    item = body["properties"][wrapper]
+    if item.get("type") == "array":
+        item = item["items"]
+    return t.cast("dict[str, t.Any]", item)
+
+
+def build_schema(spec: dict[str, t.Any], stream: str) -> dict[str, t.Any]:
+    """Build the Singer JSON schema of one stream."""
+    path, wrapper, keys = STREAMS[stream]
+    item = _item_schema(spec, path, wrapper)
+    resolver = _Resolver(spec)
+    schema = resolver.convert(item, (), nullable=False)
+    schema["type"] = "object"
+    props = schema.setdefault("properties", {})
+    for name, prop in EXTRA_PROPERTIES.get(stream, {}).items():
+        props[name] = copy.deepcopy(prop)
+    for key in keys:
+        if key not in props:
+            msg = f"stream {stream}: key field {key!r} is not in the spec's item schema"
+            raise KeyError(msg)
+        prop = props[key]
+        if isinstance(prop.get("type"), list):
+            non_null = [x for x in prop["type"] if x != "null"]
+            prop["type"] = non_null[0] if len(non_null) == 1 else non_null
+        if "enum" in prop:
+            prop["enum"] = [v for v in prop["enum"] if v is not None]
+    schema["properties"] = dict(sorted(props.items()))
+    schema["required"] = sorted(keys)
+    return schema
+
+
+def render(schema: dict[str, t.Any]) -> str:
+    """Serialize deterministically."""
+    return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def generate(spec: dict[str, t.Any]) -> dict[str, str]:
+    """Return ``{file name: file text}`` for every stream."""
+    return {f"{name}.json": render(build_schema(spec, name)) for name in sorted(STREAMS)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if a file would change")
+    parser.add_argument("--out", type=Path, default=SCHEMAS_DIR, help="output directory")
+    args = parser.parse_args(argv)
+
+    files = generate(load_spec())
+    drift = []
+    for name, text in files.items():
+        target = args.out / name
+        current = target.read_text(encoding="utf-8") if target.exists() else None
+        if current != text:
+            drift.append(name)
+            if not args.check:
+                target.write_text(text, encoding="utf-8")
+    if args.check and drift:
+        print(f"schemas out of date: {', '.join(drift)}", file=sys.stderr)
+        return 1
+    print(f"{len(files)} schemas {'checked' if args.check else 'written'}; changed: {drift}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Lago streams: one short declaration per resource over :class:`LagoStream`.
+
+Replication at a glance (endpoint; primary key; method and key):
+
+- customers: /customers; lago_id; INCREMENTAL updated_at, filtered client-side
+- subscriptions: /subscriptions?status[]=<all five>; lago_id; FULL_TABLE
+- invoices: /invoices; lago_id; INCREMENTAL updated_at, filtered client-side
+- billable_metrics, plans, coupons, add_ons, taxes, applied_coupons, wallets: lago_id;
+  FULL_TABLE (no change key in the API)
+- events: /events?timestamp_from&timestamp_to; (transaction_id, external_subscription_id);
+  INCREMENTAL timestamp, filtered server-side with a lookback window
+- fees: /fees?created_at_from&created_at_to; lago_id; INCREMENTAL created_at, server-side
+- credit_notes: /credit_notes; lago_id; INCREMENTAL updated_at, filtered client-side
+- wallet_transactions: /wallets/{lago_id}/wallet_transactions; lago_id; FULL_TABLE, child
+  of wallets
+- customer_usage: /customers/{external_customer_id}/current_usage?external_subscription_id=;
+  (external_customer_id, external_subscription_id, from_datetime); FULL_TABLE, child of
+  active subscriptions
+
+``STREAM_TYPES`` (end of file) is the table the tap registers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import typing as t
+from http import HTTPStatus
+
+from tap_lago.client import LagoChildStream, LagoStream, api_datetime
+
+if t.TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from singer_sdk.helpers.types import Context
+
+#: Every subscription status of v1.51 (``Subscription::STATUSES``). All are valid filter
+#: values, so the server returns every subscription; were one unknown to an older server,
+#: it would drop the filter altogether and still return every status (BEHAVIOUR §3).
+SUBSCRIPTION_STATUSES = ["active", "pending", "terminated", "canceled", "incomplete"]
+
+
+class _UpdatedAtStream(LagoStream):
+    """No server-side ``updated_at`` filter exists: scan, keep ``updated_at >= bookmark``."""
+
+    replication_key = "updated_at"
+    client_side_filter = True
+
+
+class _IssuingDateStream(_UpdatedAtStream):
+    """On a first sync from ``start_date``, let the server skip older issuing dates.
+
+    Later syncs scan everything: an old invoice can still change (payment, void).
+    The day before ``start_date`` is used because issuing dates are in the customer's
+    timezone.
+    """
+
+    def filter_params(self, context: Context | None) -> dict[str, t.Any]:
+        """``issuing_date_from`` on a first sync from ``start_date``."""
+        start = self.config.get("start_date")
+        if not start or self.has_bookmark(context):
+            return {}
+        since = self.start_datetime(context) or dt.datetime.now(dt.timezone.utc)
+        return {"issuing_date_from": (since - dt.timedelta(days=1)).date().isoformat()}
+
+
+class CustomersStream(_UpdatedAtStream):
+    """Customers (not deleted)."""
+
+    name = "customers"
+    path = "/customers"
+    primary_keys = ("lago_id",)
+
+
+class SubscriptionsStream(LagoStream):
+    """Subscriptions in every status (the API default is active only)."""
+
+    name = "subscriptions"
+    path = "/subscriptions"
+    primary_keys = ("lago_id",)
+    extra_params: t.ClassVar[dict[str, t.Any]] = {"status[]": SUBSCRIPTION_STATUSES}
+
+    def generate_child_contexts(  # noqa: D102
+        self, record: dict[str, t.Any], context: Context | None
+    ) -> Iterable[dict[str, t.Any]]:
+        if record.get("status") == "active":
+            yield {
+                "external_customer_id": record["external_customer_id"],
+                "external_subscription_id": record["external_id"],
+            }
+
+
+class InvoicesStream(_IssuingDateStream):
+    """Invoices in the statuses the list shows (draft, finalized, voided, failed, pending)."""
+
+    name = "invoices"
+    path = "/invoices"
+    primary_keys = ("lago_id",)
+
+
+class BillableMetricsStream(LagoStream):
+    """Billable metrics."""
+
+    name = "billable_metrics"
+    path = "/billable_metrics"
+    primary_keys = ("lago_id",)
+
+
+class PlansStream(LagoStream):
+    """Plans (parent plans only, as the list serves them)."""
+
+    name = "plans"
+    path = "/plans"
+    primary_keys = ("lago_id",)
+
+
+class EventsStream(LagoStream):
+    """Usage events, read by event ``timestamp`` between bookmark-minus-lookback and now."""
+
+    name = "events"
+    path = "/events"
+    primary_keys = ("transaction_id", "external_subscription_id")
+    replication_key = "timestamp"
+    replication_precision = "ms"
+
+    def filter_params(self, context: Context | None) -> dict[str, t.Any]:  # noqa: D102
+        params = {"timestamp_to": api_datetime(self.signpost_datetime())}
+        start = self.start_datetime(context)
+        if start is not None:
+            lookback = dt.timedelta(days=float(self.config.get("lookback_window_days", 1)))
+            params["timestamp_from"] = api_datetime(start - lookback)
+        return params
+
+
+class CouponsStream(LagoStream):
+    """Coupons, active and terminated."""
+
+    name = "coupons"
+    path = "/coupons"
+    primary_keys = ("lago_id",)
+
+
+class AddOnsStream(LagoStream):
+    """Add-ons."""
+
+    name = "add_ons"
+    path = "/add_ons"
+    primary_keys = ("lago_id",)
+
+
+class FeesStream(LagoStream):
+    """Fees, by ``created_at`` (the one list Lago sorts oldest first, so resumable)."""
+
+    name = "fees"
+    path = "/fees"
+    primary_keys = ("lago_id",)
+    replication_key = "created_at"
+    is_sorted = True
+
+    def filter_params(self, context: Context | None) -> dict[str, t.Any]:  # noqa: D102
+        params = {"created_at_to": api_datetime(self.signpost_datetime())}
+        start = self.start_datetime(context)
+        if start is not None:
+            params["created_at_from"] = api_datetime(start)
+        return params
+
+
+class CreditNotesStream(_IssuingDateStream):
+    """Credit notes (the list serves finalized ones only)."""
+
+    name = "credit_notes"
+    path = "/credit_notes"
+    primary_keys = ("lago_id",)
+
+
+class WalletsStream(LagoStream):
+    """Wallets, including terminated ones."""
+
+    name = "wallets"
+    path = "/wallets"
+    primary_keys = ("lago_id",)
+
+    def get_child_context(  # noqa: D102
+        self, record: dict[str, t.Any], context: Context | None
+    ) -> dict[str, t.Any]:
+        return {"wallet_id": record["lago_id"]}
+
+
+class WalletTransactionsStream(LagoChildStream):
+    """Transactions of each wallet."""
+
+    name = "wallet_transactions"
+    path = "/wallets/{wallet_id}/wallet_transactions"
+    primary_keys = ("lago_id",)
+    parent_stream_type = WalletsStream
+
+
+class TaxesStream(LagoStream):
+    """Taxes."""
+
+    name = "taxes"
+    path = "/taxes"
+    primary_keys = ("lago_id",)
+
+
+class AppliedCouponsStream(LagoStream):
+    """Coupons applied to customers."""
+
+    name = "applied_coupons"
+    path = "/applied_coupons"
+    primary_keys = ("lago_id",)
+
+
+class CustomerUsageStream(LagoChildStream):
+    """Current-period usage of each active subscription (a snapshot per sync)."""
+
+    name = "customer_usage"
+    path = "/customers/{external_customer_id}/current_usage"
+    primary_keys = ("external_customer_id", "external_subscription_id", "from_datetime")
+    parent_stream_type = SubscriptionsStream
+    paginated = False
+    # 404: customer or subscription gone; 405 no_active_subscription: ended meanwhile.
+    skippable_child_statuses = frozenset({HTTPStatus.NOT_FOUND, HTTPStatus.METHOD_NOT_ALLOWED})
+
+    @property
+    def records_jsonpath(self) -> str:  # noqa: D102
+        return "$.customer_usage"
+
+    def filter_params(self, context: Context | None) -> dict[str, t.Any]:  # noqa: D102
+        return {"external_subscription_id": (context or {})["external_subscription_id"]}
+
+    def prepare_record(  # noqa: D102
+        self, record: dict[str, t.Any], context: Context | None
+    ) -> dict[str, t.Any]:
+        return {
+            **record,
+            "external_customer_id": (context or {})["external_customer_id"],
+            "external_subscription_id": (context or {})["external_subscription_id"],
+        }
+
+
+STREAM_TYPES: tuple[type[LagoStream], ...] = (
+    CustomersStream,
+    SubscriptionsStream,
+    InvoicesStream,
+    BillableMetricsStream,
+    PlansStream,
+    EventsStream,
+    CouponsStream,
+    AddOnsStream,
+    FeesStream,
+    CreditNotesStream,
+    WalletsStream,
+    WalletTransactionsStream,
+    TaxesStream,
+    AppliedCouponsStream,
+    CustomerUsageStream,
+)
