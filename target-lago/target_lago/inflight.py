@@ -1,0 +1,78 @@
+"""Requests in flight: a bounded thread pool whose work is acknowledged before STATE."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
+
+
+class InFlight:
+    """Runs deliveries on at most `limit` threads.
+
+    `submit` returns at once (waiting only while `limit` tasks are running) so the
+    target keeps reading its input; `wait_all` returns when every submitted task has
+    been acknowledged by Lago. The first failure of any task is raised by the next
+    call to `submit`, `run_all` or `wait_all`, and no new work starts after it.
+    """
+
+    def __init__(self, limit: int, on_failure: Callable[[], None] | None = None) -> None:
+        """Create the pool.
+
+        Args:
+            limit: Most tasks running at once (the `max_in_flight` setting).
+            on_failure: Called once when a task fails (e.g. to stop other retries).
+        """
+        self._on_failure = on_failure
+        self.limit = max(1, limit)
+        self._pool = ThreadPoolExecutor(max_workers=self.limit, thread_name_prefix="lago")
+        self._pending: set[Future] = set()
+        self._failure: BaseException | None = None
+
+    def _collect(self, done: Iterable[Future]) -> None:
+        for future in done:
+            self._pending.discard(future)
+            error = future.exception()
+            if error is not None and self._failure is None:
+                self._failure = error
+                if self._on_failure is not None:
+                    self._on_failure()
+        if self._failure is not None:
+            raise self._failure
+
+    def submit(self, task: Callable[..., Any], *args: Any) -> None:
+        """Start a task in the background once a slot is free.
+
+        Args:
+            task: Callable run in a worker thread.
+            *args: Its arguments.
+        """
+        self._collect([f for f in self._pending if f.done()])
+        while len(self._pending) >= self.limit:
+            done, _ = wait(self._pending, return_when=FIRST_COMPLETED)
+            self._collect(done)
+        self._pending.add(self._pool.submit(task, *args))
+
+    def run_all(self, task: Callable[[Any], Any], items: Iterable[Any]) -> None:
+        """Run `task` on every item in parallel and return when all are done.
+
+        Args:
+            task: Callable taking one item.
+            items: The items.
+        """
+        self._collect([f for f in self._pending if f.done()])
+        futures = [self._pool.submit(task, item) for item in items]
+        wait(futures)
+        self._collect(futures)
+
+    def wait_all(self) -> None:
+        """Wait until every submitted task has finished, then raise its first failure."""
+        while self._pending:
+            done, _ = wait(self._pending, return_when=FIRST_COMPLETED)
+            self._collect(done)
+        if self._failure is not None:
+            raise self._failure
+
+    def close(self) -> None:
+        """Stop the worker threads, dropping tasks that have not started."""
+        self._pool.shutdown(wait=False, cancel_futures=True)

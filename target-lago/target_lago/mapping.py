@@ -1,0 +1,474 @@
+"""Turn Singer records into Lago write bodies: timestamps, ids and read-only fields."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pendulum
+
+# Fields of tap-lago records that the API computes itself and a write must not carry.
+EVENT_READ_ONLY = frozenset(
+    {"lago_id", "lago_customer_id", "lago_subscription_id", "created_at", "updated_at"}
+)
+EVENT_FIELDS = frozenset(
+    {
+        "transaction_id",
+        "code",
+        "timestamp",
+        "external_subscription_id",
+        "precise_total_amount_cents",
+        "properties",
+    }
+)
+CUSTOMER_FIELDS = frozenset(
+    {
+        "external_id",
+        "billing_entity_code",
+        "address_line1",
+        "address_line2",
+        "city",
+        "country",
+        "currency",
+        "email",
+        "legal_name",
+        "legal_number",
+        "logo_url",
+        "name",
+        "firstname",
+        "lastname",
+        "account_type",
+        "customer_type",
+        "phone",
+        "state",
+        "tax_codes",
+        "tax_identification_number",
+        "timezone",
+        "url",
+        "zipcode",
+        "net_payment_term",
+        "finalize_zero_amount_invoice",
+        "billing_configuration",
+        "shipping_address",
+        "integration_customers",
+        "metadata",
+        "skip_invoice_custom_sections",
+        "invoice_custom_section_codes",
+    }
+)
+CUSTOMER_READ_ONLY = frozenset(
+    {
+        "lago_id",
+        "sequential_id",
+        "slug",
+        "applicable_timezone",
+        "created_at",
+        "updated_at",
+        "error_details",
+        "taxes",
+        "applicable_invoice_custom_sections",
+    }
+)
+SUBSCRIPTION_FIELDS = frozenset(
+    {
+        "external_customer_id",
+        "plan_code",
+        "external_id",
+        "name",
+        "billing_time",
+        "subscription_at",
+        "ending_at",
+        "billing_entity_code",
+        "consolidate_invoice",
+        "purchase_order_number",
+        "plan_overrides",
+        "invoice_custom_section",
+    }
+)
+SUBSCRIPTION_READ_ONLY = frozenset(
+    {
+        "lago_id",
+        "lago_customer_id",
+        "status",
+        "created_at",
+        "canceled_at",
+        "started_at",
+        "terminated_at",
+        "previous_plan_code",
+        "next_plan_code",
+        "downgrade_plan_date",
+        "trial_ended_at",
+        "current_billing_period_started_at",
+        "current_billing_period_ending_at",
+        "on_termination_credit_note",
+        "on_termination_invoice",
+        "plan_amount_cents",
+        "plan_amount_currency",
+        "applied_invoice_custom_sections",
+        "payment_method",
+        "cancellation_reason",
+        "activated_at",
+        "activation_rules",
+        "plan",
+        "applicable_usage_thresholds",
+    }
+)
+# Subscriptions in these states are history: re-posting them would start a new one.
+SKIPPED_SUBSCRIPTION_STATUSES = frozenset({"terminated", "canceled", "incomplete"})
+
+_NUMERIC = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+# 10^11 seconds is the year 5138: a larger epoch value is milliseconds, which Lago
+# would silently read as seconds.
+_MAX_EPOCH_SECONDS = decimal.Decimal(10) ** 11
+
+
+class RecordRejected(Exception):
+    """A record that cannot become a valid Lago write.
+
+    Attributes:
+        details: Lago-style error details, field -> list of error codes.
+        message: A sentence naming the field and the offending value.
+    """
+
+    def __init__(self, details: dict[str, list[str]], message: str) -> None:
+        """Create the rejection.
+
+        Args:
+            details: Field -> error codes, in Lago's `error_details` shape.
+            message: Human-readable reason naming the field.
+        """
+        super().__init__(message)
+        self.details = details
+        self.message = message
+
+
+class RecordSkipped(Exception):
+    """A record deliberately not sent (e.g. a terminated subscription)."""
+
+
+def json_default(value: Any) -> Any:
+    """Serialize the non-JSON values a Singer record may hold after stream maps."""
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return _number(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
+
+
+def plain(value: Any) -> Any:
+    """A JSON-ready copy of a record value.
+
+    The SDK reads JSON numbers with a fraction as `Decimal`; they become numbers again
+    (a string only when a float would change the value), so properties keep their type.
+    """
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [plain(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return json_default(value)
+
+
+def _number(value: decimal.Decimal) -> int | float | str:
+    if not value.is_finite():
+        return str(value)
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent >= 0:
+        return int(value)
+    as_float = float(value)
+    return as_float if decimal.Decimal(repr(as_float)) == value else str(value)
+
+
+def to_epoch(value: Any) -> int | str:
+    """Convert a timestamp to Lago's numeric seconds, keeping sub-second precision.
+
+    Args:
+        value: ISO-8601 string, datetime, date, epoch seconds (int, float or a
+            numeric string).
+
+    Returns:
+        An int for whole seconds, else a decimal string such as "1651240791.123"
+        (Lago parses the string exactly; a float could round).
+
+    Raises:
+        ValueError: If the value is none of the accepted forms.
+    """
+    seconds: decimal.Decimal
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is a boolean")
+    if isinstance(value, int):
+        seconds = decimal.Decimal(value)
+    elif isinstance(value, float):
+        seconds = decimal.Decimal(repr(value))
+    elif isinstance(value, decimal.Decimal):
+        seconds = value
+    elif isinstance(value, dt.datetime):
+        seconds = _datetime_seconds(value)
+    elif isinstance(value, dt.date):
+        seconds = _datetime_seconds(dt.datetime(value.year, value.month, value.day))
+    elif isinstance(value, str) and _NUMERIC.match(value.strip()):
+        seconds = decimal.Decimal(value.strip())
+    elif isinstance(value, str) and value.strip():
+        seconds = _datetime_seconds(_parse_iso(value))
+    else:
+        raise ValueError(f"{value!r} is not a timestamp")
+    if not seconds.is_finite() or seconds < 0 or seconds >= _MAX_EPOCH_SECONDS:
+        raise ValueError(f"{value!r} is out of range for epoch seconds")
+    if seconds == seconds.to_integral_value():
+        return int(seconds)
+    return format(seconds.normalize(), "f")
+
+
+def to_iso(value: Any) -> str:
+    """Convert a timestamp to the ISO-8601 UTC string Lago wants for dates of plans.
+
+    Args:
+        value: ISO-8601 string, datetime, date or epoch seconds.
+
+    Returns:
+        e.g. "2024-03-01T00:00:00Z".
+
+    Raises:
+        ValueError: If the value is none of the accepted forms.
+    """
+    if isinstance(value, dt.datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    elif isinstance(value, dt.date):
+        moment = dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc)
+    elif isinstance(value, str) and value.strip() and not _NUMERIC.match(value.strip()):
+        moment = _parse_iso(value)
+    else:
+        moment = dt.datetime.fromtimestamp(
+            float(decimal.Decimal(str(to_epoch(value)))), tz=dt.timezone.utc
+        )
+    moment = moment.astimezone(dt.timezone.utc)
+    text = moment.isoformat(timespec="milliseconds" if moment.microsecond else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+def _parse_iso(text: str) -> dt.datetime:
+    try:
+        parsed = pendulum.parse(text.strip())
+    except (pendulum.parsing.exceptions.ParserError, ValueError) as exc:
+        raise ValueError(f"{text!r} is not ISO-8601") from exc
+    if isinstance(parsed, dt.datetime):
+        return parsed
+    if isinstance(parsed, dt.date):
+        return dt.datetime(parsed.year, parsed.month, parsed.day, tzinfo=dt.timezone.utc)
+    raise ValueError(f"{text!r} is not a date or date-time")
+
+
+def _datetime_seconds(moment: dt.datetime) -> decimal.Decimal:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    whole = moment.replace(microsecond=0)
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    seconds = int((whole - epoch).total_seconds())
+    return decimal.Decimal(seconds) + decimal.Decimal(moment.microsecond).scaleb(-6)
+
+
+def transaction_id(stream: str, record: Mapping[str, Any], keys: Sequence[str]) -> str:
+    """Derive a stable transaction id for an event record that has none.
+
+    The stream's key properties identify the row when the stream has them; otherwise
+    the whole record does. The stream name is part of the hash so that two tables with
+    overlapping row ids never collide. Same inputs give the same id in every process.
+
+    Args:
+        stream: Stream name (after stream maps).
+        record: The record.
+        keys: The stream's key properties.
+
+    Returns:
+        "tl-" followed by 40 hex characters.
+    """
+    if keys and all(record.get(key) is not None for key in keys):
+        basis: dict[str, Any] = {"keys": {key: record[key] for key in keys}}
+    else:
+        basis = {"record": {k: v for k, v in record.items() if not k.startswith("_sdc_")}}
+    basis["stream"] = stream
+    text = json.dumps(plain(basis), sort_keys=True, separators=(",", ":"))
+    return "tl-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:40]
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _jsonable(value: Any) -> Any:
+    return plain(value)
+
+
+def event_payload(stream: str, record: Mapping[str, Any], keys: Sequence[str]) -> dict:
+    """Build one element of `POST /events/batch` from a record.
+
+    Args:
+        stream: Stream name, for the derived transaction id.
+        record: The record (warehouse row or tap-lago event).
+        keys: The stream's key properties.
+
+    Returns:
+        The event body.
+
+    Raises:
+        RecordRejected: When `code`, `external_subscription_id` or `timestamp` is
+            missing, or the timestamp cannot be read.
+    """
+    details: dict[str, list[str]] = {}
+    reasons: list[str] = []
+    payload: dict[str, Any] = {}
+    for field in ("code", "external_subscription_id"):
+        if _missing(record.get(field)):
+            details[field] = ["value_is_mandatory"]
+            reasons.append(f"'{field}' is missing or empty")
+        else:
+            payload[field] = str(record[field])
+    if _missing(record.get("transaction_id")):
+        payload["transaction_id"] = transaction_id(stream, record, keys)
+    else:
+        payload["transaction_id"] = str(record["transaction_id"])
+    if _missing(record.get("timestamp")):
+        # Lago would use its receive time: a replay would then be a different event
+        # for a ClickHouse event store, which deduplicates on (transaction_id, timestamp).
+        details["timestamp"] = ["value_is_mandatory"]
+        reasons.append("'timestamp' is missing (a replayed event must keep its time)")
+    else:
+        try:
+            payload["timestamp"] = to_epoch(record["timestamp"])
+        except ValueError as exc:
+            details["timestamp"] = ["invalid_format"]
+            reasons.append(f"'timestamp' {exc} (give ISO-8601, a date or epoch seconds)")
+    amount = record.get("precise_total_amount_cents")
+    if amount is not None:
+        payload["precise_total_amount_cents"] = str(amount)
+    properties = record.get("properties")
+    if isinstance(properties, Mapping):
+        payload["properties"] = _jsonable(dict(properties))
+    elif properties is not None:
+        details["properties"] = ["invalid_type"]
+        reasons.append(f"'properties' must be an object, got {type(properties).__name__}")
+    else:
+        built = {
+            key: value
+            for key, value in record.items()
+            if key not in EVENT_FIELDS
+            and key not in EVENT_READ_ONLY
+            and not key.startswith("_sdc_")
+            and value is not None
+        }
+        if built:
+            payload["properties"] = _jsonable(built)
+    if details:
+        raise RecordRejected(details, "; ".join(reasons))
+    return payload
+
+
+def customer_payload(record: Mapping[str, Any]) -> tuple[dict, list[str]]:
+    """Build the `customer` body of `POST /customers` (an upsert on `external_id`).
+
+    tap-lago's output shapes are converted to input shapes: `taxes` become
+    `tax_codes`, custom sections become their codes, metadata and integrations lose
+    their ids. Keys absent from the record stay absent (Lago leaves them unchanged).
+
+    Args:
+        record: The record.
+
+    Returns:
+        The body and the record's columns that Lago cannot take (ignored).
+
+    Raises:
+        RecordRejected: When `external_id` is missing.
+    """
+    if _missing(record.get("external_id")):
+        raise RecordRejected(
+            {"external_id": ["value_is_mandatory"]}, "'external_id' is missing or empty"
+        )
+    body: dict[str, Any] = {}
+    ignored: list[str] = []
+    for key, value in record.items():
+        if key in CUSTOMER_FIELDS:
+            body[key] = value
+        elif key not in CUSTOMER_READ_ONLY and not key.startswith("_sdc_"):
+            ignored.append(key)
+    body["external_id"] = str(body["external_id"])
+    if "tax_codes" not in body and isinstance(record.get("taxes"), list):
+        body["tax_codes"] = _codes(record["taxes"])
+    sections = record.get("applicable_invoice_custom_sections")
+    if "invoice_custom_section_codes" not in body and isinstance(sections, list):
+        body["invoice_custom_section_codes"] = _codes(sections)
+    if isinstance(body.get("metadata"), list):
+        body["metadata"] = [
+            {k: v for k, v in item.items() if k in {"id", "key", "value", "display_in_invoice"}}
+            for item in body["metadata"]
+            if isinstance(item, Mapping)
+        ]
+    if isinstance(body.get("integration_customers"), list):
+        body["integration_customers"] = [
+            _integration(item)
+            for item in body["integration_customers"]
+            if isinstance(item, Mapping)
+        ]
+    return _jsonable(body), ignored
+
+
+def _codes(items: Iterable[Any]) -> list[str]:
+    return [str(item["code"]) for item in items if isinstance(item, Mapping) and item.get("code")]
+
+
+def _integration(item: Mapping[str, Any]) -> dict:
+    out = {k: v for k, v in item.items() if k not in {"lago_id", "type"}}
+    if "integration_type" not in out and item.get("type") is not None:
+        out["integration_type"] = item["type"]
+    return out
+
+
+def subscription_payload(record: Mapping[str, Any]) -> tuple[dict, list[str]]:
+    """Build the `subscription` body of `POST /subscriptions`.
+
+    Args:
+        record: The record (warehouse row or tap-lago subscription).
+
+    Returns:
+        The body and the record's columns that Lago cannot take (ignored).
+
+    Raises:
+        RecordSkipped: For a terminated, canceled or incomplete subscription.
+        RecordRejected: When a required field is missing or a date cannot be read.
+    """
+    status = record.get("status")
+    if isinstance(status, str) and status in SKIPPED_SUBSCRIPTION_STATUSES:
+        raise RecordSkipped(f"status is {status}")
+    details: dict[str, list[str]] = {}
+    reasons: list[str] = []
+    for field in ("external_customer_id", "plan_code", "external_id"):
+        if _missing(record.get(field)):
+            details[field] = ["value_is_mandatory"]
+            reasons.append(f"'{field}' is missing or empty")
+    body: dict[str, Any] = {}
+    ignored: list[str] = []
+    for key, value in record.items():
+        if key in SUBSCRIPTION_FIELDS:
+            if value is not None:
+                body[key] = value
+        elif key not in SUBSCRIPTION_READ_ONLY and not key.startswith("_sdc_"):
+            ignored.append(key)
+    for field in ("subscription_at", "ending_at"):
+        if field in body:
+            try:
+                body[field] = to_iso(body[field])
+            except ValueError as exc:
+                details[field] = ["invalid_date"]
+                reasons.append(f"'{field}' {exc}")
+    if details:
+        raise RecordRejected(details, "; ".join(reasons))
+    for field in ("external_customer_id", "plan_code", "external_id"):
+        body[field] = str(body[field])
+    return _jsonable(body), ignored

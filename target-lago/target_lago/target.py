@@ -1,0 +1,321 @@
+"""target-lago: Singer records into Lago events, customers and subscriptions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import sys
+import typing as t
+
+from singer_sdk import Target
+from singer_sdk import typing as th
+from singer_sdk.exceptions import ConfigValidationError
+
+from target_lago.client import LagoClient, LagoError
+from target_lago.inflight import InFlight
+from target_lago.report import RunReport
+from target_lago.sinks import CustomersSink, EventsSink, LagoSink, SubscriptionsSink
+
+if t.TYPE_CHECKING:
+    from pathlib import PurePath
+
+    from singer_sdk.sinks import Sink
+
+# Action -> sink. A stream named after an action takes it; `stream_actions` maps others.
+SINKS: dict[str, type[LagoSink]] = {
+    sink.action: sink for sink in (EventsSink, CustomersSink, SubscriptionsSink)
+}
+MAX_BATCH_SIZE = 100  # Lago's limit for POST /events/batch
+
+
+class StreamRoutingError(Exception):
+    """A stream that maps to no Lago action."""
+
+
+class RecordsRejectedError(Exception):
+    """The run rejected records and `allow_rejections` is off."""
+
+
+class TargetLago(Target):
+    """Singer target for Lago."""
+
+    name = "target-lago"
+
+    config_jsonschema = th.PropertiesList(
+        th.Property(
+            "api_key",
+            th.StringType,
+            required=True,
+            secret=True,
+            description="Lago API key (Bearer token).",
+        ),
+        th.Property(
+            "api_url",
+            th.StringType,
+            default="https://api.getlago.com/api/v1",
+            description="Lago API base URL, ending in /api/v1 (self-hosted or EU cloud).",
+        ),
+        th.Property(
+            "stream_actions",
+            th.ObjectType(additional_properties=th.StringType(allowed_values=list(SINKS))),
+            default={},
+            description=(
+                "Stream name or glob -> Lago action (events, customers, subscriptions). "
+                "Streams named events, customers and subscriptions need no entry."
+            ),
+        ),
+        th.Property(
+            "dead_letter_path",
+            th.StringType,
+            default="lago_dead_letters.jsonl",
+            description="JSONL file receiving one line per rejected record.",
+        ),
+        th.Property(
+            "dry_run",
+            th.BooleanType,
+            default=False,
+            description="Validate and map every record, report, and send nothing.",
+        ),
+        th.Property(
+            "batch_size",
+            th.IntegerType(minimum=1, maximum=MAX_BATCH_SIZE),
+            default=100,
+            description="Records per batch (events per POST /events/batch, at most 100).",
+        ),
+        th.Property(
+            "max_in_flight",
+            th.IntegerType(minimum=1),
+            default=4,
+            description="Requests to Lago in flight at once.",
+        ),
+        th.Property(
+            "request_timeout",
+            th.NumberType(minimum=0),
+            default=60,
+            description="Seconds to wait for a Lago response before retrying.",
+        ),
+        th.Property(
+            "max_retries",
+            th.IntegerType(minimum=0),
+            default=8,
+            description="Retries of one request on 429, 5xx, timeouts and lost connections.",
+        ),
+        th.Property(
+            "allow_rejections",
+            th.BooleanType,
+            default=False,
+            description="Exit 0 even when records were rejected (dead-lettered).",
+        ),
+    ).to_dict()
+
+    def __init__(
+        self,
+        *,
+        config: dict | PurePath | str | list[PurePath | str] | None = None,
+        parse_env_config: bool = False,
+        validate_config: bool = True,
+        setup_mapper: bool = True,
+        **kwargs: t.Any,
+    ) -> None:
+        """Create the target, its Lago client and its report.
+
+        Args:
+            config: Target configuration (dict or file paths).
+            parse_env_config: Read settings from TARGET_LAGO_* variables.
+            validate_config: Validate the settings.
+            setup_mapper: Set up stream maps.
+            **kwargs: Passed to `singer_sdk.Target`.
+        """
+        super().__init__(
+            config=config,
+            parse_env_config=parse_env_config,
+            validate_config=validate_config,
+            setup_mapper=setup_mapper,
+            **kwargs,
+        )
+        self._check_config()
+        # Sinks drain one at a time so that customers precede subscriptions precede
+        # events; requests still run in parallel inside a drain (max_in_flight).
+        self.max_parallelism = 1
+        self.dry_run = bool(self.config.get("dry_run", False))
+        self.report = RunReport(
+            None if self.dry_run else self.config.get("dead_letter_path"), self.logger
+        )
+        self.inflight = InFlight(int(self.config.get("max_in_flight", 4)), self._stop_client)
+        self._client: LagoClient | None = None
+
+    def _check_config(self) -> None:
+        errors = []
+        size = self.config.get("batch_size", 100)
+        if not isinstance(size, int) or not 1 <= size <= MAX_BATCH_SIZE:
+            errors.append(f"batch_size must be an integer from 1 to 100, got {size!r}")
+        actions = self.config.get("stream_actions") or {}
+        if not isinstance(actions, dict):
+            errors.append("stream_actions must be an object: stream name or glob -> action")
+        else:
+            errors.extend(
+                f"stream_actions[{name!r}] is {action!r}; valid actions: {', '.join(SINKS)}"
+                for name, action in actions.items()
+                if action not in SINKS
+            )
+        if int(self.config.get("max_in_flight", 4)) < 1:
+            errors.append("max_in_flight must be at least 1")
+        if errors:
+            raise ConfigValidationError("Config validation failed", errors=errors)
+
+    @property
+    def client(self) -> LagoClient:
+        """The Lago client (never created in a dry run, so nothing can be sent)."""
+        if self.dry_run:
+            msg = "dry_run is on: target-lago must not call Lago"
+            raise RuntimeError(msg)
+        if self._client is None:
+            self._client = LagoClient(
+                str(self.config.get("api_url", "https://api.getlago.com/api/v1")),
+                str(self.config["api_key"]),
+                timeout=float(self.config.get("request_timeout", 60)),
+                max_retries=int(self.config.get("max_retries", 8)),
+                pool_size=self.inflight.limit,
+            )
+        return self._client
+
+    def _stop_client(self) -> None:
+        if self._client is not None:
+            self._client.stop()
+
+    # Routing
+
+    def action_for(self, stream_name: str) -> str | None:
+        """The Lago action of a stream: exact setting, default name, longest matching glob.
+
+        Args:
+            stream_name: Stream name (after stream maps).
+
+        Returns:
+            An action name, or None.
+        """
+        actions: dict[str, str] = self.config.get("stream_actions") or {}
+        if stream_name in actions:
+            return actions[stream_name]
+        if stream_name in SINKS:
+            return stream_name
+        for pattern, action in sorted(actions.items(), key=lambda item: -len(item[0])):
+            if fnmatch.fnmatchcase(stream_name, pattern):
+                return action
+        return None
+
+    def get_sink_class(self, stream_name: str) -> type[Sink]:
+        """Route a stream to its sink, or fail at its SCHEMA message.
+
+        Args:
+            stream_name: Stream name.
+
+        Returns:
+            The sink class of the stream's action.
+
+        Raises:
+            StreamRoutingError: When no action applies.
+        """
+        action = self.action_for(stream_name)
+        if action is None:
+            msg = (
+                f"Stream '{stream_name}' has no Lago action: streams named events, "
+                "customers or subscriptions take that action; map any other stream "
+                "(exact name or glob) in the stream_actions setting to one of: "
+                f"{', '.join(SINKS)}."
+            )
+            raise StreamRoutingError(msg)
+        return SINKS[action]
+
+    # Ordering and acknowledgement
+
+    def flush_before(self, rank: int) -> None:
+        """Drain every sink whose writes must precede writes of `rank`.
+
+        Those are sinks of a lower rank, and sinks of the same rank replaced after a
+        schema change (their records were received first).
+
+        Args:
+            rank: Rank of the sink about to write.
+        """
+        retired = [t.cast("LagoSink", s) for s in self._sinks_to_clear]
+        active = [t.cast("LagoSink", s) for s in self._sinks_active.values()]
+        for sink in sorted(retired, key=lambda s: s.rank):
+            if sink.rank <= rank and sink.current_size and not sink.draining:
+                self.drain_one(sink)
+        for sink in sorted(active, key=lambda s: s.rank):
+            if sink.rank < rank and sink.current_size and not sink.draining:
+                self.drain_one(sink)
+
+    def existed_before(self, created_at: t.Any, server_time: float | None) -> bool:
+        """Whether an object Lago returned was created before this run wrote it.
+
+        Args:
+            created_at: The object's `created_at` (ISO string).
+            server_time: The response's Date header, when present.
+
+        Returns:
+            True when created more than 2 seconds before the response (by the
+            server's clock when it sends a Date header).
+        """
+        if not isinstance(created_at, str):
+            return False
+        try:
+            created = dt.datetime.fromisoformat(created_at.replace("Z", "+00:00"))
+        except ValueError:
+            return False
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=dt.timezone.utc)
+        now = (
+            server_time if server_time is not None else dt.datetime.now(dt.timezone.utc).timestamp()
+        )
+        return created.timestamp() < now - 2
+
+    def _write_state_message(self, state: dict) -> None:
+        # A STATE goes out only once every record received before it is acknowledged.
+        self.inflight.wait_all()
+        super()._write_state_message(state)
+
+    def process_endofpipe(self) -> None:
+        """Drain everything, wait for Lago, log the summary, then judge rejections.
+
+        Raises:
+            RecordsRejectedError: When records were rejected and that is not allowed.
+        """
+        try:
+            super().process_endofpipe()
+            self.inflight.wait_all()
+        finally:
+            self.inflight.close()
+            self._stop_client()
+            self.report.log_summary(dry_run=self.dry_run)
+        rejected = self.report.rejected
+        if rejected and not self.config.get("allow_rejections", False):
+            where = (
+                "listed in the log above"
+                if self.dry_run
+                else f"written to {self.report.dead_letter_path}"
+            )
+            msg = (
+                f"{rejected} record(s) rejected ({where}); the valid records were "
+                "delivered. Set allow_rejections to exit 0 in this case."
+            )
+            raise RecordsRejectedError(msg)
+
+    @classmethod
+    def invoke(cls, *args: t.Any, **kwargs: t.Any) -> None:
+        """Run the target; known failures exit 1 with one clear line, no traceback.
+
+        Args:
+            *args: Passed to `singer_sdk.Target.invoke`.
+            **kwargs: Passed to `singer_sdk.Target.invoke`.
+        """
+        try:
+            super().invoke(*args, **kwargs)
+        except (LagoError, StreamRoutingError, RecordsRejectedError) as exc:
+            cls.logger.error("%s", exc)
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    TargetLago.cli()

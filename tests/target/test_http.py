@@ -1,0 +1,103 @@
+"""HTTP behaviour: what a 429 asks is waited, transient failures retried, 403 per record."""
+
+from __future__ import annotations
+
+import pytest
+from target_lago.client import LagoClient
+
+from tests.lago_sandbox import Sandbox
+from tests.target.helpers import (
+    dead_letters,
+    events_messages,
+    posts,
+    record,
+    run_target,
+    schema,
+    usage_rows,
+)
+
+BATCH = "/api/v1/events/batch"
+
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Every wait the client asks for, instead of sleeping."""
+    asked: list[float] = []
+    monkeypatch.setattr(LagoClient, "_sleep", lambda self, seconds: asked.append(seconds))
+    return asked
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ({"reset_seconds": 7}, 7.0),  # X-RateLimit-Reset
+        ({"reset_seconds": 9, "retry_after": 4}, 4.0),  # Retry-After wins when sent
+    ],
+)
+def test_rate_limited_request_waits_what_lago_asks_then_succeeds(
+    lago: Sandbox, config: dict, metric_code: str, waits: list[float], case: tuple[dict, float]
+) -> None:
+    rule, announced = case
+    lago.set_faults([{"path": BATCH, "fault": "rate_limit", "count": 1, **rule}])
+    run = run_target(config, events_messages(usage_rows(5, ["sub_a"], metric_code)))
+    assert run.error is None
+    assert len(waits) == 1
+    assert announced <= waits[0] <= announced + 0.2
+    assert [r["status"] for r in posts(lago)] == [429, 200]
+    assert len(lago.dump()["events"]) == 5
+
+
+def test_backoff_grows_exponentially_and_is_bounded(
+    lago: Sandbox,
+    config: dict,
+    metric_code: str,
+    waits: list[float],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(LagoClient, "backoff_base", 1.0)
+    monkeypatch.setattr(LagoClient, "backoff_max", 6.0)
+    lago.set_faults([{"path": BATCH, "fault": "error", "status": 502, "count": 5}])
+    run = run_target(config, events_messages(usage_rows(3, ["sub_a"], metric_code)))
+    assert run.error is None
+    # Full jitter over [wait/2, wait] for waits 1, 2, 4, 6 (capped), 6.
+    for asked, ceiling in zip(waits, [1, 2, 4, 6, 6], strict=True):
+        assert ceiling / 2 <= asked <= ceiling
+    assert len(lago.dump()["events"]) == 3
+
+
+def test_timeouts_and_dropped_connections_are_retried_and_deliver_once(
+    lago: Sandbox, config: dict, metric_code: str
+) -> None:
+    lago.set_faults(
+        [
+            {"path": BATCH, "fault": "timeout", "delay_ms": 1500, "count": 2},
+            {"path": BATCH, "fault": "drop", "count": 2},
+            {"path": BATCH, "fault": "lost_response", "count": 2},
+        ]
+    )
+    rows = usage_rows(250, ["sub_a", "sub_b"], metric_code)
+    run = run_target({**config, "request_timeout": 0.5}, events_messages(rows))
+    assert run.error is None
+    assert run.counts["events"]["delivered"] == 250  # a replay's 422 proves our delivery
+    assert run.counts["events"]["already_present"] == 0
+    assert len(lago.dump()["events"]) == 250
+    assert all(rule["fired"] == 2 for rule in lago.faults())
+
+
+def test_a_403_for_a_premium_feature_rejects_only_that_record(
+    lago: Sandbox, config: dict, plan: dict
+) -> None:
+    subs = [
+        {"external_id": "sub_p", "external_customer_id": "cust_p", "plan_code": plan["code"],
+         "plan_overrides": {"amount_cents": 1}},
+        {"external_id": "sub_q", "external_customer_id": "cust_q", "plan_code": plan["code"]},
+    ]  # fmt: skip
+    messages = [
+        schema("subscriptions", {"external_id": {"type": "string"}}, ["external_id"]),
+        *(record("subscriptions", s) for s in subs),
+    ]
+    run = run_target({**config, "allow_rejections": True}, messages)
+    assert run.error is None
+    assert [s["external_id"] for s in lago.dump()["subscriptions"]] == ["sub_q"]
+    [letter] = dead_letters(config["dead_letter_path"])
+    assert (letter["http_status"], letter["error_code"]) == (403, "feature_unavailable")
