@@ -307,6 +307,15 @@ def _jsonable(value: Any) -> Any:
     return plain(value)
 
 
+def _json_object(text: str) -> Any:
+    """A JSON object given as text (warehouses often store JSON as text), else the text."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, dict) else text
+
+
 def event_payload(stream: str, record: Mapping[str, Any], keys: Sequence[str]) -> dict:
     """Build one element of `POST /events/batch` from a record.
 
@@ -350,11 +359,16 @@ def event_payload(stream: str, record: Mapping[str, Any], keys: Sequence[str]) -
     if amount is not None:
         payload["precise_total_amount_cents"] = str(amount)
     properties = record.get("properties")
+    if isinstance(properties, str):
+        properties = _json_object(properties)
     if isinstance(properties, Mapping):
         payload["properties"] = _jsonable(dict(properties))
     elif properties is not None:
         details["properties"] = ["invalid_type"]
-        reasons.append(f"'properties' must be an object, got {type(properties).__name__}")
+        reasons.append(
+            f"'properties' must be an object or a JSON object string, "
+            f"got {type(properties).__name__}"
+        )
     else:
         built = {
             key: value

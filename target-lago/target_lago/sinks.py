@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from singer_sdk.exceptions import InvalidRecord
 from singer_sdk.sinks import BatchSink
+from singer_sdk.sinks.core import JSONSchemaValidator
 
 from target_lago.mapping import (
     RecordRejected,
@@ -48,6 +49,9 @@ class LagoSink(BatchSink):
     endpoint: t.ClassVar[str]
     root_key: t.ClassVar[str]
     rank: t.ClassVar[int]
+    #: Fields the mapping reads itself, in any form it accepts: their declared types in
+    #: the incoming schema are not enforced (stream maps type a dict expression as string).
+    self_parsed: t.ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -70,6 +74,17 @@ class LagoSink(BatchSink):
         self._problem: tuple[dict, str] | None = None
         self._shown = 0
         self._warned_ignored = False
+
+    def get_validator(self) -> JSONSchemaValidator | None:
+        """Validate records against the stream's schema, less the fields we parse ourselves."""
+        if not self.validate_schema:
+            return None
+        properties = dict(self.schema.get("properties") or {})
+        for name in self.self_parsed:
+            if name in properties:
+                properties[name] = {}
+        schema = {**self.schema, "properties": properties}
+        return JSONSchemaValidator(schema, validate_formats=self.validate_field_string_format)
 
     @property
     def draining(self) -> bool:
@@ -257,6 +272,7 @@ class SubscriptionsSink(_OneByOneSink):
     endpoint = "/subscriptions"
     root_key = "subscription"
     rank = 1
+    self_parsed = ("subscription_at", "ending_at")
 
     def build(self, record: dict) -> tuple[dict, str]:
         """Map a record to a subscription body."""
@@ -288,6 +304,7 @@ class EventsSink(LagoSink):
     endpoint = "/events/batch"
     root_key = "events"
     rank = 2
+    self_parsed = ("timestamp", "properties")
 
     def build(self, record: dict) -> tuple[dict, str]:
         """Map a record to an event body."""

@@ -73,6 +73,8 @@ class Meltano:
                 env[f"{prefix}_PORT"] = str(self.warehouse.port)
                 env[f"{prefix}_USER"] = USER
                 env[f"{prefix}_DATABASE"] = DATABASE
+                # The throwaway server trusts loopback; target-postgres insists on a password.
+                env[f"{prefix}_PASSWORD"] = "unused"
             env["TARGET_POSTGRES_DEFAULT_TARGET_SCHEMA"] = "lago"
             env["TAP_POSTGRES_FILTER_SCHEMAS"] = '["billing"]'
         env.update(self.extra_env)
