@@ -249,3 +249,32 @@ def test_the_same_row_makes_the_same_event_in_every_run(
         assert run_target(cfg, no_keys).error is None  # keyless: the whole row is hashed
         assert run_target(config, events_messages(rows)).error is None
     assert len(stored_events(lago)) == 10
+
+
+def test_properties_typed_as_text_by_stream_maps_are_read_as_json_objects(
+    lago: Sandbox, config: dict, metric_code: str
+) -> None:
+    # A stream map such as `"properties": "{'units': quantity}"` declares a string type
+    # while its records carry an object; a warehouse may also hold the JSON as text.
+    props = {
+        "id": {"type": "integer"},
+        "code": {"type": "string"},
+        "external_subscription_id": {"type": "string"},
+        "timestamp": {"type": "string"},
+        "properties": {"type": ["string", "null"]},
+    }
+    base = {"code": metric_code, "external_subscription_id": "sub_a"}
+    rows = [
+        {**base, "id": 1, "timestamp": "2025-02-01T00:00:00Z", "properties": {"units": 2}},
+        {**base, "id": 2, "timestamp": "2025-02-01T00:00:01Z", "properties": '{"units": 5}'},
+        {**base, "id": 3, "timestamp": "2025-02-01T00:00:02Z", "properties": "not json"},
+    ]
+    run = run_target(
+        config, [schema("events", props, ["id"]), *(record("events", r) for r in rows)]
+    )
+    stored = {e["transaction_id"]: e["properties"] for e in stored_events(lago)}
+    assert stored == {expected_id(rows[0]): {"units": 2}, expected_id(rows[1]): {"units": 5}}
+    assert isinstance(run.error, RecordsRejectedError)
+    [letter] = dead_letters(config["dead_letter_path"])
+    assert letter["record"]["id"] == 3
+    assert letter["details"] == {"properties": ["invalid_type"]}
