@@ -1,0 +1,468 @@
+"""Every sandbox endpoint, through Prism as a validating proxy, against the official spec.
+
+Prism (``prism proxy <spec> <sandbox> --errors``) forwards each request to the sandbox and
+checks the response against the spec: a violation marked as an error turns the response
+into a Prism 500 (``application/problem+json``) and every violation is listed in the
+``sl-violations`` header. Each check here fails on any violation, except the few places
+where the sandbox follows the real server rather than the spec (listed in TOLERATED and in
+the sandbox README). Request validation is switched off, because some checks send invalid
+requests on purpose to get the server's error responses. Bodies are also validated with
+``tests.openapi_spec`` against the operation's declared response schema.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests import openapi_spec
+from tests.lago_sandbox import Sandbox
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SEED = {"seed": 21, "customers": 8, "events": 300}
+SANDBOX_JSON = "application/json; charset=utf-8"
+ALL_STATUSES = ["pending", "active", "terminated", "canceled", "incomplete"]
+
+# Where the real server (which the sandbox follows) differs from the spec. Each entry is a
+# substring of the Prism violation message that is accepted for that one check.
+UNDECLARED_STATUS = "Unable to match the returned status code"
+NULL_SUBSCRIPTION = "external_subscription_id must be string"
+
+
+def prism_binary() -> str:
+    configured = os.environ.get("PRISM_BIN")
+    path = Path(configured) if configured else REPO_ROOT / ".cache/prism/node_modules/.bin/prism"
+    if not path.is_file():
+        message = f"Prism not found at {path} (set $PRISM_BIN)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return str(path)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Proxy:
+    """Calls through Prism and checks what comes back."""
+
+    def __init__(self, url: str, sandbox: Sandbox) -> None:
+        self.url = url
+        self.sandbox = sandbox
+        self.session = requests.Session()
+        self.problems: list[str] = []
+
+    def call(
+        self,
+        method: str,
+        template: str,
+        path: str | None = None,
+        *,
+        status: int = 200,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        key: str | None = None,
+        tolerate: tuple[str, ...] = (),
+    ) -> Any:
+        """One request; records every problem instead of stopping at the first."""
+        path = path or template
+        headers = {"Authorization": f"Bearer {key or self.sandbox.api_key}"}
+        response = self.session.request(
+            method, self.url + path, params=params, json=body, headers=headers, timeout=60
+        )
+        label = f"{method} {path} {params or ''}"
+        violations = json.loads(response.headers.get("sl-violations") or "[]")
+        unexpected = [v for v in violations if not any(t in v.get("message", "") for t in tolerate)]
+        if unexpected:
+            self.problems.append(f"{label}: Prism violations {unexpected}")
+        if response.headers.get("Content-Type") != SANDBOX_JSON:
+            if violations and not unexpected:
+                return None  # Prism replaced a response whose only violations are tolerated
+            self.problems.append(f"{label}: not the sandbox's answer: {response.text[:300]}")
+            return None
+        if response.status_code != status:
+            self.problems.append(f"{label}: status {response.status_code}: {response.text[:300]}")
+            return None
+        data = response.json()
+        if not tolerate:
+            try:
+                openapi_spec.validate_response(method, template, data, status)
+            except (AssertionError, KeyError) as exc:
+                self.problems.append(f"{label}: {exc}")
+        return data
+
+    def assert_clean(self) -> None:
+        problems, self.problems = self.problems, []
+        assert not problems, "\n".join(problems)
+
+
+@pytest.fixture(scope="module")
+def proxy(sandbox_factory: Any) -> Iterator[Proxy]:
+    binary = prism_binary()
+    spec = openapi_spec.spec_path()
+    sandbox = sandbox_factory(SEED)
+    port = free_port()
+    log_path = Path(tempfile.gettempdir()) / f"prism-{port}.log"
+    with open(log_path, "w+", encoding="utf-8") as log:
+        proc = subprocess.Popen(
+            [
+                binary,
+                "proxy",
+                str(spec),
+                sandbox.url,
+                "--errors",
+                "--validate-request=false",
+                "-p",
+                str(port),
+                "-h",
+                "127.0.0.1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    pytest.fail(f"Prism exited early:\n{log.read()[-2000:]}")
+                log.seek(0)
+                if "Prism is listening" in log.read():
+                    break
+                time.sleep(0.25)
+            else:
+                pytest.fail("Prism did not start within 120 s")
+            yield Proxy(f"http://127.0.0.1:{port}", sandbox)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=15)
+    log_path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def org(proxy: Proxy) -> dict[str, list[dict]]:
+    return proxy.sandbox.dump()
+
+
+def test_a_wrong_response_is_caught(proxy: Proxy) -> None:
+    """Prove the harness fails: a tax whose rate is a string must be flagged."""
+    bad = proxy.sandbox.upsert("taxes", {"code": "broken_tax", "name": "Broken", "rate": "x"})[0]
+    try:
+        response = proxy.session.get(
+            proxy.url + "/taxes/broken_tax",
+            headers={"Authorization": f"Bearer {proxy.sandbox.api_key}"},
+            timeout=60,
+        )
+        assert response.status_code == 500
+        assert response.headers["Content-Type"].startswith("application/problem+json")
+        violations = json.loads(response.headers["sl-violations"])
+        assert any(v["location"][-1] == "rate" and v["severity"] == "Error" for v in violations)
+        proxy.call("GET", "/taxes/{code}", "/taxes/broken_tax")
+        assert proxy.problems, "the checker must report the violation"
+        proxy.problems.clear()
+    finally:
+        proxy.sandbox.upsert("taxes", {"lago_id": bad["lago_id"], "rate": 12.5})
+    proxy.call("GET", "/taxes/{code}", "/taxes/broken_tax")
+    proxy.assert_clean()
+
+
+def test_lists_and_filters(proxy: Proxy, org: dict[str, list[dict]]) -> None:
+    for name in (
+        "customers",
+        "invoices",
+        "billable_metrics",
+        "plans",
+        "events",
+        "coupons",
+        "add_ons",
+        "fees",
+        "credit_notes",
+        "wallets",
+        "taxes",
+        "applied_coupons",
+    ):
+        proxy.call("GET", f"/{name}")
+        proxy.call("GET", f"/{name}", params={"per_page": 3, "page": 2})
+    sub = next(s for s in org["subscriptions"] if s["status"] == "active")
+    customer = sub["external_customer_id"]
+    event = org["events"][10]
+    invoice = next(i for i in org["invoices"] if i["status"] == "finalized")
+    proxy.call("GET", "/subscriptions")
+    proxy.call("GET", "/subscriptions", params={"status[]": ALL_STATUSES})
+    proxy.call("GET", "/subscriptions", params={"status[]": ["terminated", "canceled"]})
+    proxy.call(
+        "GET",
+        "/subscriptions",
+        params={"external_customer_id": customer, "plan_code": sub["plan_code"]},
+    )
+    proxy.call(
+        "GET",
+        "/events",
+        params={
+            "timestamp_from": org["events"][-1]["timestamp"],
+            "timestamp_to": event["timestamp"],
+            "code": event["code"],
+            "external_subscription_id": event["external_subscription_id"],
+        },
+    )
+    proxy.call("GET", "/events", params={"external_subscription_id": "none"})  # empty meta
+    proxy.call("GET", "/events", params={"per_page": "abc"})
+    proxy.call("GET", "/events", params={"page": 999})
+    proxy.call(
+        "GET",
+        "/invoices",
+        params={
+            "issuing_date_from": "2020-01-01",
+            "issuing_date_to": invoice["issuing_date"],
+            "status": "finalized",
+            "payment_status": invoice["payment_status"],
+            "external_customer_id": invoice["customer"]["external_id"],
+        },
+    )
+    proxy.call("GET", "/credit_notes", params={"issuing_date_from": "2020-01-01"})
+    proxy.call(
+        "GET",
+        "/fees",
+        params={
+            "created_at_from": "2020-01-01T00:00:00Z",
+            "fee_type": "charge",
+            "external_customer_id": customer,
+        },
+    )
+    wallet = org["wallets"][0]
+    proxy.call("GET", "/wallets", params={"external_customer_id": wallet["external_customer_id"]})
+    for nested in ("subscriptions", "invoices", "credit_notes", "wallets", "applied_coupons"):
+        template = f"/customers/{{external_customer_id}}/{nested}"
+        proxy.call("GET", template, f"/customers/{customer}/{nested}")
+    proxy.call(
+        "GET",
+        "/wallets/{lago_id}/wallet_transactions",
+        f"/wallets/{wallet['lago_id']}/wallet_transactions",
+    )
+    proxy.call(
+        "GET",
+        "/customers/{external_customer_id}/current_usage",
+        f"/customers/{customer}/current_usage",
+        params={"external_subscription_id": sub["external_id"]},
+    )
+    proxy.assert_clean()
+
+
+def test_single_gets(proxy: Proxy, org: dict[str, list[dict]]) -> None:
+    proxy.call(
+        "GET",
+        "/customers/{external_customer_id}",
+        f"/customers/{org['customers'][0]['external_id']}",
+    )
+    sub = next(s for s in org["subscriptions"] if s["status"] == "active")
+    proxy.call("GET", "/subscriptions/{external_id}", f"/subscriptions/{sub['external_id']}")
+    term = next(s for s in org["subscriptions"] if s["status"] == "terminated")
+    proxy.call(
+        "GET",
+        "/subscriptions/{external_id}",
+        f"/subscriptions/{term['external_id']}",
+        params={"status": "terminated"},
+    )
+    invoice = next(i for i in org["invoices"] if i["status"] == "finalized")
+    proxy.call("GET", "/invoices/{lago_id}", f"/invoices/{invoice['lago_id']}")
+    event = org["events"][0]
+    proxy.call("GET", "/events/{transaction_id}", f"/events/{event['transaction_id']}")
+    for resource, key in (
+        ("plans", "code"),
+        ("billable_metrics", "code"),
+        ("coupons", "code"),
+        ("add_ons", "code"),
+        ("taxes", "code"),
+        ("wallets", "lago_id"),
+        ("fees", "lago_id"),
+        ("credit_notes", "lago_id"),
+    ):
+        template = f"/{resource}/{{{'code' if key == 'code' else 'lago_id'}}}"
+        proxy.call("GET", template, f"/{resource}/{org[resource][0][key]}")
+    proxy.assert_clean()
+
+
+def test_errors(proxy: Proxy, org: dict[str, list[dict]]) -> None:
+    unknown_uuid = "00000000-0000-4000-8000-000000000000"
+    proxy.call("GET", "/customers", status=401, key="wrong-key")
+    proxy.call("POST", "/events", status=401, key="wrong-key", body={"event": {}})
+    for template, path in (
+        ("/customers/{external_customer_id}", "/customers/nobody"),
+        ("/subscriptions/{external_id}", "/subscriptions/nothing"),
+        ("/invoices/{lago_id}", f"/invoices/{unknown_uuid}"),
+        ("/plans/{code}", "/plans/none"),
+        ("/billable_metrics/{code}", "/billable_metrics/none"),
+        ("/coupons/{code}", "/coupons/none"),
+        ("/add_ons/{code}", "/add_ons/none"),
+        ("/taxes/{code}", "/taxes/none"),
+        ("/wallets/{lago_id}", f"/wallets/{unknown_uuid}"),
+        ("/fees/{lago_id}", f"/fees/{unknown_uuid}"),
+        ("/credit_notes/{lago_id}", f"/credit_notes/{unknown_uuid}"),
+        ("/events/{transaction_id}", "/events/none"),
+        ("/wallets/{lago_id}/wallet_transactions", f"/wallets/{unknown_uuid}/wallet_transactions"),
+        ("/customers/{external_customer_id}/subscriptions", "/customers/nobody/subscriptions"),
+        ("/customers/{external_customer_id}/invoices", "/customers/nobody/invoices"),
+        ("/customers/{external_customer_id}/credit_notes", "/customers/nobody/credit_notes"),
+        ("/customers/{external_customer_id}/wallets", "/customers/nobody/wallets"),
+        ("/customers/{external_customer_id}/applied_coupons", "/customers/nobody/applied_coupons"),
+        ("/customers/{external_customer_id}/current_usage", "/customers/nobody/current_usage"),
+    ):
+        params = {"external_subscription_id": "x"} if path.endswith("usage") else None
+        proxy.call("GET", template, path, status=404, params=params)
+    proxy.call("GET", "/events", status=422, params={"timestamp_from": "nope"})
+    proxy.call("GET", "/fees", status=422, params={"created_at_from": "nope"})
+    # Server behaviours with a status the spec does not declare for the operation:
+    customer = org["subscriptions"][0]["external_customer_id"]
+    proxy.call(
+        "GET",
+        "/customers/{external_customer_id}/current_usage",
+        f"/customers/{customer}/current_usage",
+        status=405,
+        params={"external_subscription_id": "none"},
+        tolerate=(UNDECLARED_STATUS,),
+    )
+    proxy.call(
+        "GET", "/customers", status=500, params={"per_page": 0}, tolerate=(UNDECLARED_STATUS,)
+    )
+    proxy.call(
+        "GET",
+        "/wallets",
+        status=404,
+        params={"external_customer_id": "nobody"},
+        tolerate=(UNDECLARED_STATUS,),
+    )
+    proxy.assert_clean()
+
+
+def test_event_writes(proxy: Proxy) -> None:
+    def event(txid: str, **extra: Any) -> dict:
+        return {
+            "transaction_id": txid,
+            "code": "api_calls",
+            "external_subscription_id": "sub_x",
+            "timestamp": 1700000000,
+            **extra,
+        }
+
+    proxy.call("POST", "/events", body={"event": event("c-1", precise_total_amount_cents="10")})
+    proxy.call("POST", "/events", status=422, body={"event": event("c-1")})
+    proxy.call("POST", "/events", status=422, body={"event": {"timestamp": "2024-01-01"}})
+    proxy.call("POST", "/events", status=400, body={})
+    proxy.call("POST", "/events/batch", body={"events": [event(f"b-{i}") for i in range(100)]})
+    proxy.call("POST", "/events/batch", status=422, body={"events": [event("b-0"), event("n")]})
+    proxy.call("POST", "/events/batch", status=422, body={"events": [{"code": "c"}, event("n")]})
+    proxy.call("POST", "/events/batch", status=422, body={"events": []})
+    proxy.call(
+        "POST", "/events/batch", status=422, body={"events": [event(f"m-{i}") for i in range(101)]}
+    )
+    # The server stores an event without a subscription and echoes a null
+    # external_subscription_id; the spec's EventObject says it is a non-null string.
+    proxy.call(
+        "POST",
+        "/events",
+        body={"event": {"transaction_id": "n-1", "code": "c"}},
+        tolerate=(NULL_SUBSCRIPTION,),
+    )
+    stored = [e for e in proxy.sandbox.dump()["events"] if e["transaction_id"] == "n-1"]
+    assert [e["external_subscription_id"] for e in stored] == [None]
+    proxy.assert_clean()
+
+
+def test_customer_writes(proxy: Proxy) -> None:
+    proxy.call(
+        "POST",
+        "/customers",
+        body={
+            "customer": {
+                "external_id": "w-1",
+                "name": "W",
+                "email": "w@example.com",
+                "country": "DE",
+                "currency": "EUR",
+                "metadata": [{"key": "k", "value": "v", "display_in_invoice": False}],
+            }
+        },
+    )
+    proxy.call("POST", "/customers", body={"customer": {"external_id": "w-1", "name": None}})
+    proxy.call(
+        "POST",
+        "/customers",
+        status=422,
+        body={"customer": {"external_id": "w-2", "email": "bad", "country": "XX"}},
+    )
+    proxy.call("POST", "/customers", status=400, body={"external_id": "w-3"})
+    proxy.assert_clean()
+
+
+def test_subscription_writes(proxy: Proxy, org: dict[str, list[dict]]) -> None:
+    plans = sorted(
+        org["plans"], key=lambda p: p["amount_cents"] * (1 if p["interval"] == "yearly" else 12)
+    )
+    cheap, dear = plans[0], plans[-1]
+    base = {"external_customer_id": "sw-cust", "external_id": "sw-1"}
+    proxy.call(
+        "POST", "/subscriptions", body={"subscription": {**base, "plan_code": cheap["code"]}}
+    )
+    proxy.call(
+        "POST", "/subscriptions", body={"subscription": {**base, "plan_code": cheap["code"]}}
+    )
+    proxy.call("POST", "/subscriptions", body={"subscription": {**base, "plan_code": dear["code"]}})
+    proxy.call(
+        "POST", "/subscriptions", body={"subscription": {**base, "plan_code": cheap["code"]}}
+    )
+    proxy.call(
+        "POST", "/subscriptions", status=404, body={"subscription": {**base, "plan_code": "no"}}
+    )
+    proxy.call(
+        "POST",
+        "/subscriptions",
+        status=422,
+        body={"subscription": {"external_id": "x", "plan_code": cheap["code"]}},
+    )
+    proxy.call(
+        "POST",
+        "/subscriptions",
+        status=422,
+        body={
+            "subscription": {
+                "external_customer_id": "other",
+                "external_id": "sw-1",
+                "plan_code": cheap["code"],
+            }
+        },
+    )
+    proxy.call("POST", "/subscriptions", status=400, body={})
+    proxy.call("DELETE", "/subscriptions/{external_id}", "/subscriptions/sw-1")
+    proxy.call("DELETE", "/subscriptions/{external_id}", "/subscriptions/sw-1", status=404)
+    proxy.call(
+        "POST",
+        "/subscriptions",
+        status=403,
+        tolerate=(UNDECLARED_STATUS,),
+        body={
+            "subscription": {
+                **base,
+                "external_id": "sw-2",
+                "plan_code": cheap["code"],
+                "plan_overrides": {"amount_cents": 1},
+            }
+        },
+    )
+    proxy.assert_clean()
