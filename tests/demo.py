@@ -23,7 +23,7 @@ import psycopg
 
 from tests.lago_sandbox import Sandbox
 from tests.pg import PostgresServer
-from tests.pipelines.harness import Meltano, lago_total, table_rows
+from tests.pipelines.harness import Meltano, lago_total, table_rows, target_summary
 
 API_KEY = "demo-api-key-not-a-secret"
 SEED = {"seed": 42, "customers": 25, "events": 5000, "months": 3}
@@ -47,10 +47,11 @@ STREAM_COUNTS: dict[str, dict[str, Any]] = {
 }
 
 
-def step(meltano: Meltano, *args: str) -> None:
-    """Run one pipeline and say how long it took."""
+def step(meltano: Meltano, *args: str) -> str:
+    """Run one pipeline, say how long it took, and return its log."""
     run = meltano.run(*args)
     print(f"  meltano run {' '.join(args)}: ok in {run.seconds:.1f} s")
+    return run.stderr
 
 
 def build_usage_table(lago: Sandbox, pg: PostgresServer) -> tuple[str, str]:
@@ -110,6 +111,16 @@ def main() -> None:
             rows = table_rows(pg, "lago", stream)
             shown = "-" if rows is None else str(rows)
             print(f"  {stream:<18}{lago_total(lago, stream, params):>10}{shown:>11}")
+        # Child streams: one list per wallet, one usage snapshot per active subscription.
+        dump = lago.dump()
+        children = {
+            "wallet_transactions": len(dump["wallet_transactions"]),
+            "customer_usage": sum(s["status"] == "active" for s in dump["subscriptions"]),
+        }
+        for stream, count in children.items():
+            rows = table_rows(pg, "lago", stream)
+            shown = "-" if rows is None else str(rows)
+            print(f"  {stream:<18}{count:>10}{shown:>11}")
 
         print("\n2. Warehouse -> Lago (reverse ETL of billing.usage into events)")
         code, field = build_usage_table(lago, pg)
@@ -137,9 +148,14 @@ def main() -> None:
             ("full re-sync", ("--full-refresh",)),
         )
         for label, flags in runs:
-            step(meltano, *flags, "tap-postgres", "target-lago")
+            log = step(meltano, *flags, "tap-postgres", "target-lago")
             after = len(lago.dump()["events"])
-            print(f"  {label}: events in Lago {before} -> {after} (+{after - before})")
+            counts = target_summary(log, "billing-usage")
+            print(
+                f"  {label}: target-lago received {counts['received']}, delivered "
+                f"{counts['delivered']}, already present {counts['already_present']}, "
+                f"rejected {counts['rejected']}; events in Lago {before} -> {after}"
+            )
             before = after
         print(f"  dead letters: {len(meltano.dead_letters())}")
     print("\nDone.")

@@ -8,6 +8,7 @@ a Meltano system database (and so Meltano's state) of its own.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -160,3 +161,10 @@ def table_values(pg: PostgresServer, schema: str, table: str, columns: str) -> l
     """Rows of selected columns of a warehouse table."""
     with psycopg.connect(pg.url) as conn:
         return conn.execute(f'select {columns} from "{schema}"."{table}"').fetchall()
+
+
+def target_summary(log: str, stream: str) -> dict[str, int]:
+    """target-lago's closing counts for one stream, read from a run's log."""
+    match = re.search(rf"summary stream={re.escape(stream)} action=\w+ ((?:\w+=\d+ ?)+)", log)
+    assert match, f"no target-lago summary line for {stream}"
+    return {k: int(v) for k, v in (pair.split("=") for pair in match.group(1).split())}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import psycopg
 import pytest
 
 from tests.pg import PostgresServer
-from tests.pipelines.harness import Meltano
+from tests.pipelines.harness import Meltano, target_summary
 
 pytestmark = pytest.mark.usefixtures("meltano_installed")
 
@@ -97,13 +96,6 @@ def _fill_warehouse(pg: PostgresServer, plan: str, metric: str, first_usage_id: 
             )
 
 
-def _summary(log: str, stream: str) -> dict[str, int]:
-    """target-lago's closing counts for one stream, read from the run's log."""
-    match = re.search(rf"summary stream={re.escape(stream)} action=\w+ ((?:\w+=\d+ ?)+)", log)
-    assert match, f"no summary line for {stream}"
-    return {k: int(v) for k, v in (pair.split("=") for pair in match.group(1).split())}
-
-
 def _posts(lago) -> list[dict]:
     return [r for r in lago.requests() if r["method"] == "POST"]
 
@@ -147,7 +139,7 @@ def test_usage_customers_and_subscriptions_land_exactly_once(
     rerun = meltano.run("tap-postgres", "target-lago")
     batches = [r for r in _posts(lago) if r["path"].endswith("/events/batch")]
     assert len(batches) <= 1
-    summary = _summary(rerun.stderr, "billing-usage")
+    summary = target_summary(rerun.stderr, "billing-usage")
     assert summary["delivered"] == 0
     assert summary["received"] == summary["already_present"] <= 1
     assert lago.dump() == dump
