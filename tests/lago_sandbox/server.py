@@ -199,21 +199,8 @@ def _customer_or_404(ctx: RequestContext) -> str:
     return ext
 
 
-_SIMPLE_LISTS = (
-    "customers",
-    "subscriptions",
-    "invoices",
-    "billable_metrics",
-    "plans",
-    "events",
-    "coupons",
-    "add_ons",
-    "fees",
-    "credit_notes",
-    "wallets",
-    "taxes",
-    "applied_coupons",
-)
+# Every resource has a top-level list, except wallet transactions (listed per wallet).
+_SIMPLE_LISTS = tuple(r for r in RESOURCES if r != "wallet_transactions")
 
 
 def _make_list(resource: str) -> Handler:

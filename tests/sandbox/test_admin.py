@@ -12,24 +12,9 @@ import requests
 
 from tests.lago_sandbox import Sandbox
 from tests.lago_sandbox import server as sandbox_server
+from tests.lago_sandbox.objects import RESOURCES
 
 SMALL = {"seed": 9, "customers": 4, "events": 40}
-RESOURCES = [
-    "customers",
-    "subscriptions",
-    "invoices",
-    "billable_metrics",
-    "plans",
-    "events",
-    "coupons",
-    "add_ons",
-    "fees",
-    "credit_notes",
-    "wallets",
-    "wallet_transactions",
-    "taxes",
-    "applied_coupons",
-]
 
 
 @pytest.fixture
@@ -50,7 +35,7 @@ def api(sb: Sandbox, path: str, **params: Any) -> Any:
 
 def test_dump_holds_every_resource_in_list_order(sb: Sandbox) -> None:
     dump = sb.dump()
-    assert list(dump) == RESOURCES
+    assert list(dump) == list(RESOURCES)
     assert dump["customers"] == api(sb, "/customers")["customers"]
     assert dump["events"] == api(sb, "/events")["events"]
     assert dump["fees"] == api(sb, "/fees")["fees"]
