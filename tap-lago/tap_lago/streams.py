@@ -95,6 +95,9 @@ class InvoicesStream(_IssuingDateStream):
     name = "invoices"
     path = "/invoices"
     primary_keys = ("lago_id",)
+    # Newest first, and Lago caches the count for 30 minutes, so a page read out of order
+    # could miss a row pushed across its boundary unnoticed: one page at a time.
+    page_ahead = False
 
 
 class BillableMetricsStream(LagoStream):

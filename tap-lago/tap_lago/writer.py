@@ -1,0 +1,154 @@
+"""Singer output: every message serialized with orjson, RECORD lines without per-line flushes.
+
+The SDK's writer builds each line with simplejson and flushes stdout after every message;
+at a million records that is most of a sync's CPU time. This writer produces the same
+JSON (compact separators, same keys and values; a Decimal stays an exact number) and
+flushes only before and after non-RECORD messages (SCHEMA, STATE, ...), so a target never
+sees a STATE before the records it covers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import sys
+import typing as t
+
+import orjson
+from singer_sdk.helpers._typing import is_object_type, is_uniform_list
+from singer_sdk.singerlib import RecordMessage
+from singer_sdk.singerlib.encoding import SimpleSingerWriter
+from singer_sdk.singerlib.json import serialize_json
+
+if t.TYPE_CHECKING:
+    from singer_sdk.singerlib import Message
+
+_UTC = dt.timezone.utc
+_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+#: U+2028 and U+2029 in UTF-8 (orjson writes them raw; only ever inside strings).
+_LS, _PS = "\u2028".encode(), "\u2029".encode()
+
+
+def _default(value: object) -> object:
+    """Types orjson does not know: Decimal as an exact JSON number, the rest as text."""
+    if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            return None
+        return orjson.Fragment(str(value).encode())
+    return str(value)
+
+
+def dumps_line(obj: object) -> bytes:
+    """One JSON line (compact, newline-terminated) for a Singer message dict."""
+    try:
+        line = orjson.dumps(obj, default=_default, option=_OPTIONS)
+    except orjson.JSONEncodeError:
+        # What orjson refuses (an integer beyond 64 bits, ...): the SDK's own encoder.
+        return (serialize_json(obj) + "\n").encode()
+    if _LS in line or _PS in line:
+        # Valid JSON, but str.splitlines() would cut the line there: escape them.
+        line = line.replace(_LS, b"\\u2028").replace(_PS, b"\\u2029")
+    return line
+
+
+class LagoMessageWriter(SimpleSingerWriter):
+    """Writes Singer messages to stdout as orjson lines."""
+
+    def serialize_message(self, message: Message) -> str:
+        """The message as one JSON line without the newline."""
+        return dumps_line(message.to_dict())[:-1].decode()
+
+    def write_message(self, message: Message) -> None:
+        """Write one message; flush unless it is a RECORD."""
+        _emit(dumps_line(message.to_dict()), flush=not isinstance(message, RecordMessage))
+
+    def write_record(self, stream: str, record: dict[str, t.Any], version: int | None) -> None:
+        """Write a RECORD line straight from its parts (no message object, no flush)."""
+        message: dict[str, t.Any] = {"type": "RECORD", "stream": stream, "record": record}
+        if version is not None:
+            message["version"] = version
+        message["time_extracted"] = dt.datetime.now(_UTC)
+        _emit(dumps_line(message), flush=False)
+
+
+def _emit(line: bytes, *, flush: bool) -> None:
+    """Append bytes to stdout (its binary buffer when it has one, as in a real run)."""
+    out = sys.stdout
+    buffer = getattr(out, "buffer", None)
+    if buffer is None:
+        out.write(line.decode())
+    else:
+        buffer.write(line)
+    if flush:
+        out.flush()
+
+
+# Conformance ---------------------------------------------------------------------------
+
+
+def conformance_check(schema: dict[str, t.Any]) -> t.Callable[[dict[str, t.Any]], bool]:
+    """A predicate telling whether the SDK's type conformance would leave a record as is.
+
+    Records parsed from JSON hold only JSON types, so ``conform_record_data_types``
+    (recursive level) changes one only when it has a property the schema does not declare
+    (dropped with a warning) or a non-boolean value under a boolean-only type (made a
+    bool); datetimes, bytes and non-finite floats cannot come out of a JSON parser that
+    refuses infinities. The predicate checks exactly those cases, so a record it accepts
+    can skip conformance; any other record takes the SDK's path.
+    """
+    properties: dict[str, t.Any] = schema.get("properties") or {}
+    declared = frozenset(properties)
+    open_object = bool(schema.get("additionalProperties"))
+    checks = [
+        (name, check)
+        for name, sub_schema in properties.items()
+        if (check := _value_check(sub_schema)) is not None
+    ]
+
+    def conforms(record: dict[str, t.Any]) -> bool:
+        if not open_object and not declared.issuperset(record):
+            return False
+        for name, check in checks:
+            value = record.get(name)
+            if value is not None and not check(value):
+                return False
+        return True
+
+    return conforms
+
+
+def _value_check(schema: dict[str, t.Any]) -> t.Callable[[t.Any], bool] | None:
+    """Check of one value against its property schema; None when any JSON value passes."""
+    if _is_boolean_only(schema):
+        return lambda value: isinstance(value, bool)
+    if is_uniform_list(schema):
+        items = schema["items"]
+        item_check = _value_check(items)
+        object_check = conformance_check(items) if is_object_type(items) else None
+
+        def list_ok(value: t.Any) -> bool:
+            if not isinstance(value, list):
+                return True
+            for item in value:
+                if object_check is not None and isinstance(item, dict):
+                    if not object_check(item):
+                        return False
+                elif item is not None and item_check is not None and not item_check(item):
+                    return False
+            return True
+
+        return list_ok if (item_check or object_check) else None
+    if is_object_type(schema) and "properties" in schema:
+        nested = conformance_check(schema)
+        return lambda value: not isinstance(value, dict) or nested(value)
+    return None
+
+
+def _is_boolean_only(schema: dict[str, t.Any]) -> bool:
+    """The SDK's test for a boolean-only type (``boolean`` or ``[boolean, null]``)."""
+    kind = schema.get("type")
+    if kind is None:
+        return False
+    return kind in ("boolean", ["boolean"]) or (
+        isinstance(kind, list) and set(kind) == {"boolean", "null"}
+    )

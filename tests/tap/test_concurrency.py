@@ -1,0 +1,305 @@
+"""Pages fetched ahead (``max_concurrency``): same records, same order, faults honoured."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import threading
+import time
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+import requests
+from singer_sdk.exceptions import RetriableAPIError
+from singer_sdk.singerlib import RecordMessage
+from singer_sdk.singerlib.encoding import SimpleSingerWriter
+from tap_lago import client
+from tap_lago.writer import LagoMessageWriter
+
+from tests.tap.conftest import SyncResult, run_tap, tap_config
+
+SEED = {"seed": 8, "customers": 12, "events": 400}
+
+
+def pages_requested(sandbox: Any, path: str) -> list[tuple[int, int | None]]:
+    """(page, status) of every request to a list path, in arrival order."""
+    out = []
+    for entry in sandbox.requests():
+        if entry["path"] == path:
+            page = int(parse_qs(entry["query"]).get("page", ["1"])[0])
+            out.append((page, entry["status"]))
+    return out
+
+
+def bookmarks(result: SyncResult) -> dict[str, Any]:
+    """Final bookmark values per stream (without the sync-time signposts)."""
+    return {
+        name: value.get("replication_key_value")
+        for name, value in result.last_state["bookmarks"].items()
+    }
+
+
+def test_same_records_in_the_same_order_as_one_request_at_a_time(sandbox: Any) -> None:
+    serial = run_tap(tap_config(sandbox, page_size=20, max_concurrency=1))
+    ahead = run_tap(tap_config(sandbox, page_size=20, max_concurrency=4))
+    assert serial.records["events"], "nothing synced"
+    assert len(serial.records["events"]) > 20 * 8, "too few pages to exercise page-ahead"
+    assert ahead.records == serial.records
+    assert bookmarks(ahead) == bookmarks(serial)
+
+
+def test_page_ahead_keeps_going_past_a_stale_total_pages(
+    sandbox_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``total_pages`` only bounds the fetch-ahead; ``next_page`` decides where the walk ends."""
+    sb = sandbox_factory(seed=SEED)
+    real_meta = client.response_meta
+
+    def understated(response: Any) -> dict[str, Any]:
+        meta = dict(real_meta(response))
+        if meta.get("total_pages"):
+            meta["total_pages"] = 1  # as if the count were cached from long ago
+        return meta
+
+    monkeypatch.setattr(client, "response_meta", understated)
+    result = run_tap(tap_config(sb, page_size=25, max_concurrency=4), streams={"events"})
+    assert len(result.records["events"]) == len(sb.dump()["events"])
+
+
+def test_faults_under_concurrency_lose_nothing_and_keep_the_order(sandbox_factory: Any) -> None:
+    sb = sandbox_factory(seed=SEED)
+    baseline = run_tap(tap_config(sb, max_concurrency=1, page_size=20), streams={"events"})
+    sb.requests(clear=True)
+    sb.set_faults(
+        [
+            {
+                "path": "/api/v1/events",
+                "fault": "rate_limit",
+                "reset_seconds": 1,
+                "count": 2,
+                "after": 3,
+            },
+            {"path": "/api/v1/events", "fault": "error", "status": 503, "count": 3, "after": 6},
+            {"path": "/api/v1/events", "fault": "drop", "count": 2, "after": 9},
+            {"path": "/api/v1/events", "fault": "latency", "delay_ms": 20},
+        ]
+    )
+    result = run_tap(
+        tap_config(sb, max_concurrency=4, page_size=20, request_timeout=5), streams={"events"}
+    )
+    fired = {r["fault"]: r["fired"] for r in sb._admin("GET", "faults")["rules"]}
+    sb.set_faults([])
+
+    assert fired["rate_limit"] == 2
+    assert fired["error"] == 3
+    assert fired["drop"] == 2
+    assert result.records["events"] == baseline.records["events"]
+    assert bookmarks(result) == bookmarks(baseline)
+    # Every page that failed was asked again and finally answered.
+    answered = {page for page, status in pages_requested(sb, "/api/v1/events") if status == 200}
+    failed = {page for page, status in pages_requested(sb, "/api/v1/events") if status != 200}
+    assert failed
+    assert failed <= answered
+
+
+def test_a_429_pauses_the_other_workers(
+    sandbox_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a 429 asking for 2 s, no other request starts within those 2 s (except one a
+    worker may have been starting at that very moment), then the sync completes."""
+    sb = sandbox_factory(seed=SEED)
+    workers, reset = 4, 2
+    sb.set_faults(
+        [
+            {
+                "path": "/api/v1/events",
+                "fault": "rate_limit",
+                "reset_seconds": reset,
+                "count": 1,
+                "after": 4,
+            },
+            {"path": "/api/v1/events", "fault": "latency", "delay_ms": 50},
+        ]
+    )
+    starts: list[float] = []
+    limited_at: list[float] = []
+    real_request = client.LagoStream._request
+
+    def request(self: Any, prepared: Any, context: Any) -> Any:
+        starts.append(time.monotonic())
+        try:
+            return real_request(self, prepared, context)
+        except RetriableAPIError as exc:
+            if exc.response is not None and exc.response.status_code == 429:
+                limited_at.append(time.monotonic())
+            raise
+
+    monkeypatch.setattr(client.LagoStream, "_request", request)
+    result = run_tap(tap_config(sb, max_concurrency=workers, page_size=10), streams={"events"})
+    sb.set_faults([])
+
+    assert len(result.records["events"]) == len(sb.dump()["events"])
+    assert len(limited_at) == 1
+    pause = (limited_at[0], limited_at[0] + reset - 0.1)
+    during = [t for t in starts if pause[0] < t < pause[1]]
+    assert len(during) <= workers - 1, f"{len(during)} requests started during the pause"
+    assert sum(t > pause[1] for t in starts) > workers, "too few requests after the pause"
+
+
+def test_rows_inserted_while_paging_are_not_lost(
+    sandbox_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page read before its predecessor, with rows inserted in between, is read again.
+
+    Page 2 is held back by the sandbox while page 3 is read; rows inserted at the top of
+    the list right then push page 2's last rows into page 3. Without the re-read they
+    would be in neither page as read.
+    """
+    sb = sandbox_factory(seed={"seed": 5, "customers": 40, "events": 0})
+    original = {c["lago_id"] for c in sb.dump()["customers"]}
+    sb.requests(clear=True)
+    sb.set_faults(
+        [
+            {
+                "path": "/api/v1/customers",
+                "fault": "latency",
+                "delay_ms": 2000,
+                "after": 1,
+                "count": 1,
+            }
+        ]
+    )
+    inserted: list[str] = []
+    lock = threading.Lock()
+    real_request = client.LagoStream._request
+
+    def request(self: Any, prepared: Any, context: Any) -> Any:
+        response = real_request(self, prepared, context)
+        if "page=3" in str(prepared.url) and "/customers" in str(prepared.url):
+            with lock:
+                if not inserted:
+                    new = [{"external_id": f"mid-sync-{i}", "name": f"new {i}"} for i in range(3)]
+                    inserted.extend(c["lago_id"] for c in sb.upsert("customers", new))
+        return response
+
+    monkeypatch.setattr(client.LagoStream, "_request", request)
+    result = run_tap(tap_config(sb, page_size=5, max_concurrency=4), streams={"customers"})
+    sb.set_faults([])
+
+    assert inserted, "nothing was inserted during the sync"
+    emitted = {r["lago_id"] for r in result.records["customers"]}
+    assert original <= emitted, sorted(original - emitted)
+    pages = [page for page, status in pages_requested(sb, "/api/v1/customers") if status == 200]
+    assert pages.count(3) >= 2, f"page 3 was not read again: {pages}"
+
+
+def test_child_requests_run_ahead_and_each_is_made_once(
+    sandbox_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Children of a page of parents are requested concurrently, each exactly once, and the
+    records are those of a one-at-a-time run, in the same order."""
+    sb = sandbox_factory(seed=SEED)
+    streams = {"subscriptions", "customer_usage", "wallets", "wallet_transactions"}
+    serial = run_tap(tap_config(sb, max_concurrency=1), streams=streams)
+    sb.set_faults([{"path": "/api/v1/customers/", "fault": "latency", "delay_ms": 30}])
+    sb.requests(clear=True)
+    in_flight, peak = [0], [0]
+    lock = threading.Lock()
+    real_send = client.LagoStream._send
+
+    def send(self: Any, prepared: Any, context: Any) -> Any:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        try:
+            return real_send(self, prepared, context)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(client.LagoStream, "_send", send)
+    ahead = run_tap(tap_config(sb, max_concurrency=4), streams=streams)
+    sb.set_faults([])
+
+    active = [s for s in sb.dump()["subscriptions"] if s["status"] == "active"]
+    assert len(active) > 4
+    assert ahead.records == serial.records
+    assert len(ahead.records["customer_usage"]) == len(active)
+    usage_requests = [r for r in sb.requests() if r["path"].endswith("/current_usage")]
+    assert len(usage_requests) == len(active)  # prefetched, then taken: never asked twice
+    assert peak[0] > 1, "child requests never overlapped"
+
+
+def test_invoices_are_read_one_page_at_a_time(sandbox_factory: Any) -> None:
+    """Lago caches invoice counts, so a changed list cannot be detected: no page-ahead."""
+    sb = sandbox_factory(seed=SEED)
+    sb.requests(clear=True)
+    sb.set_faults([{"path": "/api/v1/invoices", "fault": "latency", "delay_ms": 20}])
+    result = run_tap(tap_config(sb, page_size=5, max_concurrency=4), streams={"invoices"})
+    sb.set_faults([])
+    pages = [page for page, _ in pages_requested(sb, "/api/v1/invoices")]
+    assert len(pages) > 2
+    assert pages == list(range(1, len(pages) + 1))
+    listed = requests.get(
+        f"{sb.url}/invoices?per_page=1",
+        headers={"Authorization": f"Bearer {sb.api_key}"},
+        timeout=10,
+    ).json()["meta"]["total_count"]
+    assert len(result.records["invoices"]) == listed
+
+
+def test_max_concurrency_must_be_positive(sandbox: Any) -> None:
+    from singer_sdk.exceptions import ConfigValidationError
+    from tap_lago.tap import TapLago
+
+    with pytest.raises(ConfigValidationError) as excinfo:
+        TapLago(config=tap_config(sandbox, max_concurrency=0), parse_env_config=False)
+    assert any("max_concurrency" in error for error in excinfo.value.errors)
+
+
+# The write path ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"a": 'é ✓ \u2028 "quoted" \\ tab\t', "n": None, "b": True, "i": 2**62},
+        {"amount": decimal.Decimal("12.50"), "tiny": decimal.Decimal("1E-7"), "f": 0.1},
+        {"nested": {"list": [1, 2.5, {"x": []}], "empty": {}}, "when": "2026-01-01T00:00:00Z"},
+    ],
+)
+def test_record_lines_match_the_sdk_writer(record: dict[str, Any]) -> None:
+    """The orjson line holds what the SDK's writer would have printed: same keys, same
+    values (decimals exact), one line; only non-ASCII text is UTF-8 instead of escapes."""
+    message = RecordMessage(
+        stream="events",
+        record=record,
+        time_extracted=dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.timezone.utc),
+    )
+    ours = LagoMessageWriter().serialize_message(message)
+    sdk = SimpleSingerWriter().serialize_message(message)
+    assert len(ours.splitlines()) == 1
+    assert json.loads(ours, parse_float=decimal.Decimal) == json.loads(
+        sdk, parse_float=decimal.Decimal
+    )
+    if sdk.encode().decode("unicode_escape") == sdk:  # nothing escaped: byte for byte
+        assert ours == sdk
+
+
+def test_records_off_their_schema_still_get_the_sdk_conformance(
+    sandbox_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record with a field the schema lacks takes the SDK path: the field is dropped."""
+    sb = sandbox_factory(seed={"seed": 2, "customers": 3, "events": 0})
+    target = sb.dump()["customers"][0]["lago_id"]
+    sb.upsert("customers", {"lago_id": target, "not_in_the_schema": 1})
+    listed = requests.get(
+        f"{sb.url}/customers", headers={"Authorization": f"Bearer {sb.api_key}"}, timeout=10
+    ).json()["customers"]
+    assert any("not_in_the_schema" in c for c in listed), "the sandbox did not keep the field"
+    result = run_tap(tap_config(sb), streams={"customers"})
+    assert len(result.records["customers"]) == 3
+    assert all("not_in_the_schema" not in r for r in result.records["customers"])
+    assert json.dumps(result.records["customers"])  # still plain JSON
