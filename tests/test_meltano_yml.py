@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from singer_sdk.plugin_base import PluginBase
 from tap_lago.tap import TapLago
 from target_lago.target import TargetLago
 
 from tests.readme_tables import ROOT
 
-PLUGINS = {("extractors", "tap-lago"): TapLago, ("loaders", "target-lago"): TargetLago}
+PLUGINS: dict[tuple[str, str], type[PluginBase]] = {
+    ("extractors", "tap-lago"): TapLago,
+    ("loaders", "target-lago"): TargetLago,
+}
 
 
 def _declared(kind: str, name: str) -> dict[str, dict]:

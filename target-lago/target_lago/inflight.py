@@ -2,56 +2,78 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 
 class InFlight:
-    """Runs deliveries on at most `limit` threads.
+    """Runs deliveries on at most `limit` threads, with a bounded backlog.
 
-    `submit` returns at once (waiting only while `limit` tasks are running) so the
-    target keeps reading its input; `wait_all` returns when every submitted task has
-    been acknowledged by Lago. The first failure of any task is raised by the next
-    call to `submit`, `run_all` or `wait_all`, and no new work starts after it.
+    `submit` returns at once while fewer than `limit` tasks run and fewer than
+    `backlog` wait, so the target keeps reading its input and a worker that finishes
+    takes the next batch without waiting for the reader: `limit` requests stay in
+    flight continuously. Memory stays bounded by `limit + backlog` batches.
+    `wait_all` returns when every submitted task has been acknowledged by Lago. The
+    first failure of any task is raised by the next call to `submit`, `run_all` or
+    `wait_all`, and no new work starts after it.
     """
 
-    def __init__(self, limit: int, on_failure: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        limit: int,
+        on_failure: Callable[[], None] | None = None,
+        backlog: int | None = None,
+    ) -> None:
         """Create the pool.
 
         Args:
             limit: Most tasks running at once (the `max_in_flight` setting).
             on_failure: Called once when a task fails (e.g. to stop other retries).
+            backlog: Most tasks waiting for a worker (default: `limit`).
         """
         self._on_failure = on_failure
         self.limit = max(1, limit)
+        self.backlog = self.limit if backlog is None else max(0, backlog)
         self._pool = ThreadPoolExecutor(max_workers=self.limit, thread_name_prefix="lago")
         self._pending: set[Future] = set()
         self._failure: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def _run(self, task: Callable[..., Any], *args: Any) -> None:
+        """Run one task in a worker, unless an earlier one failed (then it never starts)."""
+        if self._failure is not None:
+            return
+        try:
+            task(*args)
+        except BaseException as exc:
+            with self._lock:
+                first = self._failure is None
+                if first:
+                    self._failure = exc
+            # At once, from the worker: tasks waiting in the backlog must not send.
+            if first and self._on_failure is not None:
+                self._on_failure()
 
     def _collect(self, done: Iterable[Future]) -> None:
         for future in done:
             self._pending.discard(future)
-            error = future.exception()
-            if error is not None and self._failure is None:
-                self._failure = error
-                if self._on_failure is not None:
-                    self._on_failure()
         if self._failure is not None:
             raise self._failure
 
     def submit(self, task: Callable[..., Any], *args: Any) -> None:
-        """Start a task in the background once a slot is free.
+        """Start a task in the background once the backlog has room.
 
         Args:
             task: Callable run in a worker thread.
             *args: Its arguments.
         """
         self._collect([f for f in self._pending if f.done()])
-        while len(self._pending) >= self.limit:
+        while len(self._pending) >= self.limit + self.backlog:
             done, _ = wait(self._pending, return_when=FIRST_COMPLETED)
             self._collect(done)
-        self._pending.add(self._pool.submit(task, *args))
+        self._pending.add(self._pool.submit(self._run, task, *args))
 
     def run_all(self, task: Callable[[Any], Any], items: Iterable[Any]) -> None:
         """Run `task` on every item in parallel and return when all are done.
@@ -61,7 +83,7 @@ class InFlight:
             items: The items.
         """
         self._collect([f for f in self._pending if f.done()])
-        futures = [self._pool.submit(task, item) for item in items]
+        futures = [self._pool.submit(self._run, task, item) for item in items]
         wait(futures)
         self._collect(futures)
 

@@ -7,6 +7,7 @@ import decimal
 import hashlib
 import json
 import re
+import typing as t
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -118,13 +119,23 @@ SUBSCRIPTION_READ_ONLY = frozenset(
         "applicable_usage_thresholds",
     }
 )
+_NOT_PROPERTIES = EVENT_FIELDS | EVENT_READ_ONLY
 # Subscriptions in these states are history: re-posting them would start a new one.
 SKIPPED_SUBSCRIPTION_STATUSES = frozenset({"terminated", "canceled", "incomplete"})
 
 _NUMERIC = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 # 10^11 seconds is the year 5138: a larger epoch value is milliseconds, which Lago
 # would silently read as seconds.
-_MAX_EPOCH_SECONDS = decimal.Decimal(10) ** 11
+_MAX_EPOCH_SECONDS = 10**11
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_NAIVE_EPOCH = dt.datetime(1970, 1, 1)  # naive moments are UTC
+# ISO-8601 forms every supported Python reads with `datetime.fromisoformat` exactly as
+# pendulum does (3 or 6 fraction digits, Z or +hh:mm); others go to pendulum.
+_COMMON_ISO = re.compile(
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3}|\.\d{6})?(Z|[+-]\d{2}:\d{2})?\Z", re.ASCII
+)
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_quote = json.encoder.encode_basestring_ascii
 
 
 class RecordRejected(Exception):
@@ -168,6 +179,16 @@ def plain(value: Any) -> Any:
     The SDK reads JSON numbers with a fraction as `Decimal`; they become numbers again
     (a string only when a float would change the value), so properties keep their type.
     """
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is decimal.Decimal:
+        return _number(value)
+    if kind is dict:  # the common case, without a call per plain value
+        return {
+            k if type(k) is str else str(k): v if type(v) in _SCALARS else plain(v)
+            for k, v in value.items()
+        }
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -202,6 +223,15 @@ def to_epoch(value: Any) -> int | str:
         ValueError: If the value is none of the accepted forms.
     """
     seconds: decimal.Decimal
+    kind = type(value)
+    if kind is int:
+        if not 0 <= value < _MAX_EPOCH_SECONDS:
+            raise ValueError(f"{value!r} is out of range for epoch seconds")
+        return t.cast("int", value)
+    if kind is str:
+        moment = _fast_iso(value)
+        if moment is not None:
+            return _epoch_of_datetime(value, moment)
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is a boolean")
     if isinstance(value, int):
@@ -211,13 +241,13 @@ def to_epoch(value: Any) -> int | str:
     elif isinstance(value, decimal.Decimal):
         seconds = value
     elif isinstance(value, dt.datetime):
-        seconds = _datetime_seconds(value)
+        return _epoch_of_datetime(value, value)
     elif isinstance(value, dt.date):
-        seconds = _datetime_seconds(dt.datetime(value.year, value.month, value.day))
+        return _epoch_of_datetime(value, dt.datetime(value.year, value.month, value.day))
     elif isinstance(value, str) and _NUMERIC.match(value.strip()):
         seconds = decimal.Decimal(value.strip())
     elif isinstance(value, str) and value.strip():
-        seconds = _datetime_seconds(_parse_iso(value))
+        return _epoch_of_datetime(value, _parse_iso(value))
     else:
         raise ValueError(f"{value!r} is not a timestamp")
     if not seconds.is_finite() or seconds < 0 or seconds >= _MAX_EPOCH_SECONDS:
@@ -266,13 +296,25 @@ def _parse_iso(text: str) -> dt.datetime:
     raise ValueError(f"{text!r} is not a date or date-time")
 
 
-def _datetime_seconds(moment: dt.datetime) -> decimal.Decimal:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    whole = moment.replace(microsecond=0)
-    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-    seconds = int((whole - epoch).total_seconds())
-    return decimal.Decimal(seconds) + decimal.Decimal(moment.microsecond).scaleb(-6)
+def _fast_iso(text: str) -> dt.datetime | None:
+    """The common ISO-8601 forms, read by the standard library (else None: ask pendulum)."""
+    if not _COMMON_ISO.match(text):
+        return None
+    try:
+        return dt.datetime.fromisoformat(text[:-1] + "+00:00" if text[-1] == "Z" else text)
+    except ValueError:
+        return None  # e.g. February 30th: pendulum words the rejection
+
+
+def _epoch_of_datetime(value: Any, moment: dt.datetime) -> int | str:
+    """Epoch seconds of a moment (naive means UTC), as `to_epoch` returns them."""
+    # Plain datetime arithmetic (a pendulum DateTime would build an Interval).
+    since = dt.datetime.__sub__(moment, _EPOCH if moment.tzinfo else _NAIVE_EPOCH)
+    seconds = since.days * 86_400 + since.seconds
+    if not 0 <= seconds < _MAX_EPOCH_SECONDS:
+        raise ValueError(f"{value!r} is out of range for epoch seconds")
+    micro = since.microseconds
+    return seconds if not micro else f"{seconds}.{micro:06d}".rstrip("0")
 
 
 def transaction_id(stream: str, record: Mapping[str, Any], keys: Sequence[str]) -> str:
@@ -291,12 +333,36 @@ def transaction_id(stream: str, record: Mapping[str, Any], keys: Sequence[str]) 
         "tl-" followed by 40 hex characters.
     """
     if keys and all(record.get(key) is not None for key in keys):
+        text = _keys_text(stream, record, keys)
+        if text is not None:
+            return "tl-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:40]
         basis: dict[str, Any] = {"keys": {key: record[key] for key in keys}}
     else:
         basis = {"record": {k: v for k, v in record.items() if not k.startswith("_sdc_")}}
     basis["stream"] = stream
     text = json.dumps(plain(basis), sort_keys=True, separators=(",", ":"))
     return "tl-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:40]
+
+
+def _keys_text(stream: str, record: Mapping[str, Any], keys: Sequence[str]) -> str | None:
+    """The JSON text `transaction_id` hashes, written directly (None: use json.dumps).
+
+    Equal to `json.dumps(basis, sort_keys=True, separators=(",", ":"))` when every key
+    value is a string or an integer.
+    """
+    if len(set(keys)) != len(keys):
+        return None  # a key named twice: json.dumps keeps it once
+    parts = []
+    for key in sorted(keys):
+        value = record[key]
+        kind = type(value)
+        if kind is str:
+            parts.append(f"{_quote(key)}:{_quote(value)}")
+        elif kind is int:
+            parts.append(f"{_quote(key)}:{value}")
+        else:
+            return None
+    return f'{{"keys":{{{",".join(parts)}}},"stream":{_quote(stream)}}}'
 
 
 def _missing(value: Any) -> bool:
@@ -370,16 +436,14 @@ def event_payload(stream: str, record: Mapping[str, Any], keys: Sequence[str]) -
             f"got {type(properties).__name__}"
         )
     else:
+        # The other columns, made JSON-ready in the same pass (as `plain` would).
         built = {
-            key: value
+            key: value if type(value) in _SCALARS else plain(value)
             for key, value in record.items()
-            if key not in EVENT_FIELDS
-            and key not in EVENT_READ_ONLY
-            and not key.startswith("_sdc_")
-            and value is not None
+            if key not in _NOT_PROPERTIES and value is not None and not key.startswith("_sdc_")
         }
         if built:
-            payload["properties"] = _jsonable(built)
+            payload["properties"] = built
     if details:
         raise RecordRejected(details, "; ".join(reasons))
     return payload

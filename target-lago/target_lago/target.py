@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import fnmatch
 import sys
 import typing as t
 
+import msgspec
 from singer_sdk import Target
 from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError
+from singer_sdk.io_base import SingerReader
 
 from target_lago.client import LagoClient, LagoError
 from target_lago.inflight import InFlight
@@ -26,6 +29,31 @@ SINKS: dict[str, type[LagoSink]] = {
     sink.action: sink for sink in (EventsSink, CustomersSink, SubscriptionsSink)
 }
 MAX_BATCH_SIZE = 100  # Lago's limit for POST /events/batch
+SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while others wait
+
+
+class LineReader(SingerReader):
+    """Reads input lines with msgspec, as the SDK does (fractions as exact `Decimal`s).
+
+    Lines msgspec refuses (e.g. NaN, or invalid JSON) go to the SDK's own reader, which
+    accepts or reports them as before.
+    """
+
+    decoder = msgspec.json.Decoder(float_hook=decimal.Decimal)
+
+    def deserialize_json(self, line: str) -> dict:
+        """Decode one line.
+
+        Args:
+            line: One line of input.
+
+        Returns:
+            The message.
+        """
+        try:
+            return t.cast("dict", self.decoder.decode(line))
+        except msgspec.DecodeError:
+            return super().deserialize_json(line)
 
 
 class StreamRoutingError(Exception):
@@ -40,6 +68,7 @@ class TargetLago(Target):
     """Singer target for Lago."""
 
     name = "target-lago"
+    message_reader_class = LineReader
 
     config_jsonschema = th.PropertiesList(
         th.Property(
@@ -142,6 +171,10 @@ class TargetLago(Target):
             None if self.dry_run else self.config.get("dead_letter_path"), self.logger
         )
         self.inflight = InFlight(int(self.config.get("max_in_flight", 4)), self._stop_client)
+        if self.inflight.limit > 1 and not self.dry_run:
+            # Workers waiting on Lago get the interpreter back within 1 ms, not 5, while
+            # the reader parses records: about 10 ms less per request with 8 in flight.
+            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self._client: LagoClient | None = None
 
     def _check_config(self) -> None:
