@@ -55,6 +55,12 @@ BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 60.0
 #: Upper bound on a server-requested wait (X-RateLimit-Reset / Retry-After).
 RATE_LIMIT_CAP_SECONDS = 300.0
+#: Page-ahead starts with none: a page is read on the emitting thread until one took
+#: longer than this (and than emitting the previous page) to arrive. Against a fast API,
+#: threads cost more (handoffs, GIL contention) than the wait they would hide.
+PAGE_AHEAD_AFTER_SECONDS = 0.01
+#: Pages in a row already there when wanted before one fewer is requested ahead.
+PAGE_AHEAD_SHRINK_AFTER = 8
 
 _CANONICAL = "%Y-%m-%dT%H:%M:%S.%fZ"
 #: UTC timestamps as Lago writes them (``...T12:34:56Z`` or with 1 to 6 decimals).
@@ -458,12 +464,12 @@ class LagoStream(RESTStream[int]):
         """Walk a list with up to ``workers`` page requests in flight.
 
         Page 1 is read first; its ``total_pages`` (and each later ``next_page``) tells how
-        far ahead pages may be requested: from 1 up to ``2 * workers - 1`` pages beyond the
-        one being emitted, doubled when waiting for a page took longer than emitting the
-        previous one, lowered after a run of pages that did not. Each request goes through
-        the SDK's retrying ``_request`` (backoff, ``validate_response``). Records come out
-        in page order, and the walk ends, as the serial one does, at the first page without
-        ``next_page`` or without records.
+        far ahead pages may be requested: from none (each page read in turn on this
+        thread) up to ``2 * workers - 1`` pages beyond the one being emitted, as
+        :meth:`_adapt_ahead` decides from how long each page was waited for. Each request
+        goes through the SDK's retrying ``_request`` (backoff, ``validate_response``).
+        Records come out in page order, and the walk ends, as the serial one does, at the
+        first page without ``next_page`` or without records.
 
         A page read before its predecessor could miss a row pushed across their boundary
         by an insert in between, so each page's ``total_count`` is compared with its
@@ -497,9 +503,11 @@ class LagoStream(RESTStream[int]):
             counter.with_context(context)
             try:
                 page, prepared = 1, prepare(1)
+                started = time.perf_counter()
                 response = fetch(prepared)
                 next_to_request, horizon, last_count = 2, 1, None
-                ahead, ready_streak, emitted_at = 1, 0, time.perf_counter()
+                emitted_at = time.perf_counter()
+                ahead, ready_streak = self._adapt_ahead(0, 0, workers, 0.0, emitted_at - started)
                 while True:
                     counter.increment()
                     self.update_sync_costs(prepared, response, context)
@@ -533,37 +541,62 @@ class LagoStream(RESTStream[int]):
                     page = following
                     meta = response_meta(response)
                     horizon = max(horizon, page, int(meta.get("total_pages") or 0))
-                    while len(pending) <= ahead and next_to_request <= horizon:
-                        if pool is None:
-                            pool = ThreadPoolExecutor(workers, f"tap-lago-{self.name}")
-                        upcoming = prepare(next_to_request)
-                        pending.append(
-                            (next_to_request, upcoming, pool.submit(fetch_ahead, upcoming))
-                        )
-                        next_to_request += 1
-                    number, prepared, future = pending.popleft()
-                    if number != page:  # pragma: no cover - the window always starts at page
-                        msg = f"{self.name}: page {number} fetched where {page} was expected"
-                        raise RuntimeError(msg)
-                    # Adapt how far ahead to request: double it when waiting for this page
-                    # took longer than emitting the previous one (the API is the
-                    # bottleneck); lower it after a run of pages that were already there
-                    # (the output is): extra threads would only contend for the GIL.
                     waited = time.perf_counter()
-                    response = future.result()
-                    now = time.perf_counter()
-                    if now - waited > waited - emitted_at:
-                        ahead, ready_streak = min(2 * workers - 1, 2 * ahead), 0
+                    if not pending and not ahead:
+                        # Nothing ahead: read the page here, with no thread handoff.
+                        prepared = prepare(page)
+                        response = fetch(prepared)
+                        next_to_request = page + 1
                     else:
-                        ready_streak += 1
-                        if ready_streak >= 8:
-                            ahead, ready_streak = max(1, ahead - 1), 0
+                        while len(pending) <= ahead and next_to_request <= horizon:
+                            if pool is None:
+                                pool = ThreadPoolExecutor(workers, f"tap-lago-{self.name}")
+                            upcoming = prepare(next_to_request)
+                            pending.append(
+                                (next_to_request, upcoming, pool.submit(fetch_ahead, upcoming))
+                            )
+                            next_to_request += 1
+                        number, prepared, future = pending.popleft()
+                        if number != page:  # pragma: no cover - the window starts at page
+                            msg = f"{self.name}: page {number} fetched where {page} was expected"
+                            raise RuntimeError(msg)
+                        response = future.result()
+                    now = time.perf_counter()
+                    ahead, ready_streak = self._adapt_ahead(
+                        ahead, ready_streak, workers, waited - emitted_at, now - waited
+                    )
                     emitted_at = now
             finally:
                 abort.set()
                 self._drop(pending)
                 if pool is not None:
                     pool.shutdown(wait=False, cancel_futures=True)
+
+    @staticmethod
+    def _adapt_ahead(
+        ahead: int,
+        ready_streak: int,
+        workers: int,
+        busy: float,
+        wait: float,
+    ) -> tuple[int, int]:
+        """How many pages to request beyond the next one, after waiting for a page.
+
+        ``busy`` seconds were spent emitting the previous page, ``wait`` seconds waiting
+        for this one. With nothing ahead, the window opens only when the
+        wait was longer than both the emitting and :data:`PAGE_AHEAD_AFTER_SECONDS` (a
+        fast API is read inline: threads would only add handoffs and GIL contention).
+        Otherwise it doubles when waiting took longer than emitting (the API is the
+        bottleneck) and shrinks by one after a run of pages that were already there.
+        """
+        if wait > busy and (ahead or wait > PAGE_AHEAD_AFTER_SECONDS):
+            return min(2 * workers - 1, max(1, 2 * ahead)), 0
+        if not ahead:
+            return 0, 0
+        ready_streak += 1
+        if ready_streak >= PAGE_AHEAD_SHRINK_AFTER:
+            return ahead - 1, 0
+        return ahead, ready_streak
 
     @staticmethod
     def _drop(pending: collections.deque[tuple[int, t.Any, Future[t.Any]]]) -> None:

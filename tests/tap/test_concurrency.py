@@ -50,11 +50,43 @@ def test_same_records_in_the_same_order_as_one_request_at_a_time(sandbox: Any) -
     assert bookmarks(ahead) == bookmarks(serial)
 
 
+def test_a_slow_api_gets_pages_requested_ahead_in_the_same_order(
+    sandbox_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Page-ahead is off while pages come fast and starts when the API makes the tap wait:
+    then page requests overlap, and the records are those of a one-at-a-time run."""
+    sb = sandbox_factory(seed=SEED)
+    serial = run_tap(tap_config(sb, max_concurrency=1), streams={"events"})
+    sb.set_faults([{"path": "/api/v1/events", "fault": "latency", "delay_ms": 50}])
+    in_flight, peak = [0], [0]
+    lock = threading.Lock()
+    real_send = client.LagoStream._send
+
+    def send(self: Any, prepared: Any, context: Any) -> Any:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        try:
+            return real_send(self, prepared, context)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(client.LagoStream, "_send", send)
+    ahead = run_tap(tap_config(sb, max_concurrency=4), streams={"events"})
+    sb.set_faults([])
+
+    assert len(serial.records["events"]) > 20 * 8, "too few pages to exercise page-ahead"
+    assert ahead.records == serial.records
+    assert bookmarks(ahead) == bookmarks(serial)
+    assert peak[0] > 1, "page requests never overlapped"
+
+
 def test_page_ahead_keeps_going_past_a_stale_total_pages(
     sandbox_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``total_pages`` only bounds the fetch-ahead; ``next_page`` decides where the walk ends."""
-    sb = sandbox_factory(seed=SEED)
+    sb = sandbox_factory(seed=SEED, latency_ms=30)  # slow enough for page-ahead to start
     real_meta = client.response_meta
 
     def understated(response: Any) -> dict[str, Any]:
@@ -155,9 +187,10 @@ def test_rows_inserted_while_paging_are_not_lost(
 
     Page 2 is held back by the sandbox while page 3 is read; rows inserted at the top of
     the list right then push page 2's last rows into page 3. Without the re-read they
-    would be in neither page as read.
+    would be in neither page as read. Every request is slowed a little, so page-ahead
+    (which stays off while pages arrive fast) is on from page 2.
     """
-    sb = sandbox_factory(seed={"seed": 5, "customers": 40, "events": 0})
+    sb = sandbox_factory(seed={"seed": 5, "customers": 40, "events": 0}, latency_ms=50)
     original = {c["lago_id"] for c in sb.dump()["customers"]}
     sb.requests(clear=True)
     sb.set_faults(
