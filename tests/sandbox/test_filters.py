@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
-
 import pytest
-import requests
 
 from tests.lago_sandbox import Sandbox
+from tests.sandbox.api import ALL_STATUSES, get, listed, ts
 
 EMPTY_META = {
     "current_page": 0,
@@ -17,26 +14,6 @@ EMPTY_META = {
     "total_pages": 0,
     "total_count": 0,
 }
-ALL_STATUSES = ["pending", "active", "terminated", "canceled", "incomplete"]
-
-
-def get(sb: Sandbox, path: str, **params: Any) -> requests.Response:
-    return requests.get(
-        sb.url + path,
-        params=params,
-        headers={"Authorization": f"Bearer {sb.api_key}"},
-        timeout=30,
-    )
-
-
-def listed(sb: Sandbox, path: str, **params: Any) -> list[dict]:
-    response = get(sb, path, per_page=100000, **params)
-    assert response.status_code == 200, response.text
-    return response.json()[path.strip("/").split("/")[-1]]
-
-
-def ts(value: str) -> float:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 @pytest.fixture(scope="module")

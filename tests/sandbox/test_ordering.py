@@ -2,36 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import pytest
 import requests
 
 from tests.lago_sandbox import Sandbox
+from tests.sandbox.api import ALL_STATUSES, listed, ts
 
 SMALL = {"seed": 7, "customers": 8, "events": 200}
-ALL_STATUSES = ["pending", "active", "terminated", "canceled", "incomplete"]
-
-
-def get(sb: Sandbox, path: str, **params: Any) -> requests.Response:
-    return requests.get(
-        sb.url + path,
-        params=params,
-        headers={"Authorization": f"Bearer {sb.api_key}"},
-        timeout=30,
-    )
-
-
-def listed(sb: Sandbox, path: str, **params: Any) -> list[dict]:
-    response = get(sb, path, per_page=100000, **params)
-    assert response.status_code == 200, response.text
-    return response.json()[path.strip("/").split("/")[-1]]
-
-
-def ts(value: str | None) -> float:
-    assert value is not None
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def assert_sorted(rows: list[dict], key: Any, what: str) -> None:

@@ -10,6 +10,7 @@ import pytest
 import requests
 from jsonschema import Draft7Validator
 
+from tests.lago_sandbox.objects import RESOURCES
 from tests.tap.conftest import SyncResult, run_tap, tap_config
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "tap-lago" / "tap_lago" / "schemas"
@@ -17,22 +18,7 @@ SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "tap-lago" / "tap_lago" / "s
 EVENT_KEY = ("transaction_id", "external_subscription_id")
 #: Invoices the list endpoint shows (BEHAVIOUR §1: generating/open/closed/deleted hidden).
 VISIBLE_INVOICE_STATUSES = {"draft", "finalized", "voided", "failed", "pending"}
-DUMPED_STREAMS = (
-    "customers",
-    "subscriptions",
-    "invoices",
-    "billable_metrics",
-    "plans",
-    "events",
-    "coupons",
-    "add_ons",
-    "fees",
-    "credit_notes",
-    "wallets",
-    "wallet_transactions",
-    "taxes",
-    "applied_coupons",
-)
+DUMPED_STREAMS = RESOURCES
 
 
 def key_of(stream: str) -> tuple[str, ...]:
