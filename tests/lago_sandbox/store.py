@@ -1294,6 +1294,30 @@ def subscription_status_filter(params: dict[str, list[str]]) -> frozenset[str] |
     return frozenset(given)
 
 
+# Query parameters that keep the objects whose field equals the value: (parameter, field).
+_EXACT_FILTERS: dict[str, tuple[tuple[str, str], ...]] = {
+    "subscriptions": (
+        ("plan_code", "plan_code"),
+        ("external_id", "external_id"),
+        ("currency", "plan_amount_currency"),
+    ),
+    "invoices": tuple((n, n) for n in ("status", "payment_status", "invoice_type", "currency")),
+    "credit_notes": tuple((n, n) for n in ("credit_status", "refund_status", "currency", "reason")),
+    "events": (("code", "code"), ("external_subscription_id", "external_subscription_id")),
+    "fees": (
+        ("payment_status", "payment_status"),
+        ("external_subscription_id", "external_subscription_id"),
+        ("currency", "amount_currency"),
+        ("event_transaction_id", "event_transaction_id"),
+    ),
+    "wallets": (("currency", "currency"),),
+    "applied_coupons": (("status", "status"),),
+    "wallet_transactions": tuple(
+        (n, n) for n in ("status", "transaction_status", "transaction_type")
+    ),
+}
+
+
 def list_query(
     store: Store,
     resource: str,
@@ -1343,28 +1367,12 @@ def list_query(
         key.append(("status[]", tuple(sorted(statuses)) if statuses else None))
         if statuses is not None:
             preds.append(lambda o: o.get("status") in statuses)
-        plan_code = param("plan_code")
-        if plan_code is not None:
-            preds.append(_eq("plan_code", plan_code))
-        for name in ("external_id", "currency"):
-            value = param(name)
-            if value is not None:
-                field = "plan_amount_currency" if name == "currency" else name
-                preds.append(_eq(field, value))
     elif resource == "invoices":
         preds.append(lambda o: listed("invoices", o))
-        for name in ("status", "payment_status", "invoice_type", "currency"):
-            value = param(name)
-            if value is not None:
-                preds.append(_eq(name, value))
         preds += _date_filters(params, "issuing_date")
         key += [(n, _first(params, n)) for n in ("issuing_date_from", "issuing_date_to")]
     elif resource == "credit_notes":
         preds.append(lambda o: listed("credit_notes", o))
-        for name in ("credit_status", "refund_status", "currency", "reason"):
-            value = param(name)
-            if value is not None:
-                preds.append(_eq(name, value))
         preds += _date_filters(params, "issuing_date")
         key += [(n, _first(params, n)) for n in ("issuing_date_from", "issuing_date_to")]
     elif resource == "events":
@@ -1372,10 +1380,6 @@ def list_query(
         if times:
             ts_range = (times.get("timestamp_from"), times.get("timestamp_to"))
             key.append(("ts", ts_range))
-        for name in ("code", "external_subscription_id"):
-            value = param(name)
-            if value is not None:
-                preds.append(_eq(name, value))
     elif resource == "fees":
         fields = ("created_at", "succeeded_at", "failed_at", "refunded_at")
         times = _time_filters(params, [f"{f}_{e}" for f in fields for e in ("from", "to")])
@@ -1390,32 +1394,16 @@ def list_query(
         metric = param("billable_metric_code")
         if metric is not None:
             preds.append(lambda o: (o.get("item") or {}).get("code") == metric)
-        for name, field in (
-            ("payment_status", "payment_status"),
-            ("external_subscription_id", "external_subscription_id"),
-            ("currency", "amount_currency"),
-            ("event_transaction_id", "event_transaction_id"),
-        ):
-            value = param(name)
-            if value is not None:
-                preds.append(_eq(field, value))
     elif resource == "wallets":
         if customer_ext is None and ext is not None and store.customer(ext) is None:
             raise not_found("customer")
-        currency = param("currency")
-        if currency is not None:
-            preds.append(_eq("currency", currency))
     elif resource == "applied_coupons":
-        status = param("status")
-        if status is not None:
-            preds.append(_eq("status", status))
         codes = [c for c in params.get("coupon_code[]", []) if c]
         if codes:
             key.append(("coupon_code[]", tuple(codes)))
             preds.append(lambda o: o.get("coupon_code") in codes)
-    elif resource == "wallet_transactions":
-        for name in ("status", "transaction_status", "transaction_type"):
-            value = param(name)
-            if value is not None:
-                preds.append(_eq(name, value))
+    for name, field in _EXACT_FILTERS.get(resource, ()):
+        value = param(name)
+        if value is not None:
+            preds.append(_eq(field, value))
     return ListQuery(tuple(key), _all(preds), ts_range)

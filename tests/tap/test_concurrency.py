@@ -33,6 +33,26 @@ def pages_requested(sandbox: Any, path: str) -> list[tuple[int, int | None]]:
     return out
 
 
+def count_requests_in_flight(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the tap's requests in flight; the returned one-item list holds the peak."""
+    in_flight, peak = [0], [0]
+    lock = threading.Lock()
+    real_send = client.LagoStream._send
+
+    def send(self: Any, prepared: Any, context: Any) -> Any:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        try:
+            return real_send(self, prepared, context)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(client.LagoStream, "_send", send)
+    return peak
+
+
 def bookmarks(result: SyncResult) -> dict[str, Any]:
     """Final bookmark values per stream (without the sync-time signposts)."""
     return {
@@ -58,21 +78,7 @@ def test_a_slow_api_gets_pages_requested_ahead_in_the_same_order(
     sb = sandbox_factory(seed=SEED)
     serial = run_tap(tap_config(sb, max_concurrency=1), streams={"events"})
     sb.set_faults([{"path": "/api/v1/events", "fault": "latency", "delay_ms": 50}])
-    in_flight, peak = [0], [0]
-    lock = threading.Lock()
-    real_send = client.LagoStream._send
-
-    def send(self: Any, prepared: Any, context: Any) -> Any:
-        with lock:
-            in_flight[0] += 1
-            peak[0] = max(peak[0], in_flight[0])
-        try:
-            return real_send(self, prepared, context)
-        finally:
-            with lock:
-                in_flight[0] -= 1
-
-    monkeypatch.setattr(client.LagoStream, "_send", send)
+    peak = count_requests_in_flight(monkeypatch)
     ahead = run_tap(tap_config(sb, max_concurrency=4), streams={"events"})
     sb.set_faults([])
 
@@ -238,21 +244,7 @@ def test_child_requests_run_ahead_and_each_is_made_once(
     serial = run_tap(tap_config(sb, max_concurrency=1), streams=streams)
     sb.set_faults([{"path": "/api/v1/customers/", "fault": "latency", "delay_ms": 30}])
     sb.requests(clear=True)
-    in_flight, peak = [0], [0]
-    lock = threading.Lock()
-    real_send = client.LagoStream._send
-
-    def send(self: Any, prepared: Any, context: Any) -> Any:
-        with lock:
-            in_flight[0] += 1
-            peak[0] = max(peak[0], in_flight[0])
-        try:
-            return real_send(self, prepared, context)
-        finally:
-            with lock:
-                in_flight[0] -= 1
-
-    monkeypatch.setattr(client.LagoStream, "_send", send)
+    peak = count_requests_in_flight(monkeypatch)
     ahead = run_tap(tap_config(sb, max_concurrency=4), streams=streams)
     sb.set_faults([])
 
