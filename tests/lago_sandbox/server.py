@@ -51,6 +51,8 @@ _STATUS_TEXT = {
     503: "Service Unavailable",
 }
 UNAUTHORIZED = {"status": 401, "error": "Unauthorized"}
+#: Statuses ``strict_wallets`` may answer with (a validating gateway: 422; Rails: 400).
+STRICT_STATUSES = (400, 422)
 ROUTE_NOT_FOUND = {"status": 404, "error": "Not Found", "code": "resource_not_found"}
 
 
@@ -87,10 +89,18 @@ def seed_options(overrides: dict[str, Any] | None) -> dict[str, Any]:
 class SandboxState:
     """Everything one running sandbox holds: data, key, faults, request log."""
 
-    def __init__(self, api_key: str, options: dict[str, Any], latency_ms: int) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        options: dict[str, Any],
+        latency_ms: int,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
         self.api_key = api_key
         self.options = options
         self.latency_ms = latency_ms
+        self.settings: dict[str, Any] = {"strict_wallets": None}
+        self.configure(settings or {})
         self.store = Store()
         self.faults = faults_mod.FaultSet()
         self.requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=REQUEST_LOG_MAX)
@@ -103,6 +113,16 @@ class SandboxState:
         options = self.options if overrides is None else seed_options(overrides)
         data = _seed_module().generate(options)
         return self.store.load(data)
+
+    def configure(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """Change behaviour settings (``strict_wallets``: null, 400 or 422); returns them all."""
+        for name, value in settings.items():
+            if name not in self.settings:
+                raise ValueError(f"unknown setting {name!r} (known: {', '.join(self.settings)})")
+            if name == "strict_wallets" and value not in (None, *STRICT_STATUSES):
+                raise ValueError(f"strict_wallets must be null, 400 or 422 (got {value!r})")
+        self.settings.update(settings)
+        return dict(self.settings)
 
     def complete(self, resource: str, fields: JsonObj) -> JsonObj:
         """A full spec-valid object from partial fields (objects.complete)."""
@@ -234,6 +254,38 @@ for _res in ("subscriptions", "invoices", "credit_notes", "wallets", "applied_co
             f"customer_{_res}",
         )
     )
+
+
+def list_wallets(ctx: RequestContext) -> bytes:
+    """``GET /wallets``; in strict mode, refused without ``external_customer_id``.
+
+    The spec marks the parameter required: a gateway validating requests against it answers
+    422 with a problem document, and Rails (servers before v1.47) a 400 ``ParameterMissing``.
+    """
+    status = ctx.state.settings["strict_wallets"]
+    if status is not None and not (ctx.query.get("external_customer_id") or [""])[0]:
+        if status == 400:
+            raise bad_request("external_customer_id")
+        raise ApiError(
+            422,
+            {
+                "type": "about:blank#request-validation",
+                "title": "Invalid request",
+                "status": 422,
+                "detail": "The query does not match the operation's parameters.",
+                "validation": [
+                    {
+                        "location": ["query"],
+                        "code": "required",
+                        "message": "external_customer_id is required",
+                    }
+                ],
+            },
+        )
+    return _list_body(ctx, "wallets")
+
+
+_LIST_HANDLERS["list_wallets"] = list_wallets
 
 
 @_route("GET", "/wallets/{lago_id}/wallet_transactions")
@@ -638,6 +690,12 @@ class SandboxHandler(BaseHTTPRequestHandler):
             return 200, {"rules": state.faults.replace(body["rules"])}
         if name == "faults" and method == "GET":
             return 200, {"rules": state.faults.describe()}
+        if name == "settings" and method == "POST":
+            if not isinstance(body, dict):
+                raise ValueError("settings body must be an object")
+            return 200, {"settings": state.configure(body)}
+        if name == "settings" and method == "GET":
+            return 200, {"settings": dict(state.settings)}
         if name == "requests" and method == "GET":
             with state.requests_lock:
                 return 200, {"requests": [dict(e) for e in state.requests]}
@@ -697,11 +755,13 @@ class Sandbox:
         seed: dict[str, Any] | None = None,
         latency_ms: int = 0,
         port: int = 0,
+        strict_wallets: int | None = None,
     ) -> None:
         self.api_key = api_key
         self.seed = seed_options(seed)
         self.latency_ms = latency_ms
         self.port = port
+        self.settings: dict[str, Any] = {"strict_wallets": strict_wallets}
         self._server: SandboxHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.state: SandboxState | None = None
@@ -722,7 +782,7 @@ class Sandbox:
         """Seed the organisation and serve it."""
         if self._server is not None:
             return self
-        self.state = SandboxState(self.api_key, self.seed, self.latency_ms)
+        self.state = SandboxState(self.api_key, self.seed, self.latency_ms, self.settings)
         self._server = SandboxHTTPServer(self.state, self.port)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -780,6 +840,10 @@ class Sandbox:
     def set_faults(self, rules: list[dict[str, Any]]) -> None:
         """Replace every fault rule ([] clears them)."""
         self._admin("POST", "faults", {"rules": rules})
+
+    def configure(self, **settings: Any) -> dict[str, Any]:
+        """Change behaviour settings (e.g. ``strict_wallets=422``); returns them all."""
+        return self._admin("POST", "settings", settings)["settings"]
 
     def faults(self) -> list[dict[str, Any]]:
         """The active fault rules with their fired counts."""
