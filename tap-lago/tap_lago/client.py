@@ -7,10 +7,12 @@ import contextlib
 import datetime as dt
 import decimal
 import hashlib
+import itertools
 import json
 import logging
 import random
 import re
+import sys
 import threading
 import time
 import typing as t
@@ -23,14 +25,22 @@ import requests
 from requests.utils import resolve_proxies
 from singer_sdk import RESTStream
 from singer_sdk.authenticators import BearerTokenAuthenticator
-from singer_sdk.exceptions import FatalAPIError, RetriableAPIError
-from singer_sdk.helpers._typing import TypeConformanceLevel
+from singer_sdk.exceptions import (
+    AbortedSyncFailedException,
+    AbortedSyncPausedException,
+    FatalAPIError,
+    MaxRecordsLimitException,
+    RetriableAPIError,
+)
+from singer_sdk.helpers.conform import TypeConformanceLevel
 from singer_sdk.helpers.types import Context
 from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.pagination import BaseAPIPaginator
 from singer_sdk.schema.source import SchemaDirectory, StreamSchema
 
 from tap_lago import schemas
+from tap_lago.preflight import API_ERRORS, INSTANCES, connection_error, parse_setting_datetime
+from tap_lago.progress import Progress, StreamProgress
 from tap_lago.writer import LagoMessageWriter, conformance_check
 
 if t.TYPE_CHECKING:
@@ -105,6 +115,20 @@ class ParentGoneError(FatalAPIError):
     """A child request found its parent object gone (deleted mid-sync)."""
 
 
+class ListRefusedError(FatalAPIError):
+    """A list request refused as invalid (400 or 422), e.g. for a filter it requires."""
+
+
+#: Exceptions after which the SDK's "An unhandled error occurred" line is only noise: the
+#: error is reported in one line at the end, or the stop is wanted (``--test``).
+_EXPECTED_STOPS = (
+    *API_ERRORS,
+    MaxRecordsLimitException,
+    AbortedSyncFailedException,
+    AbortedSyncPausedException,
+)
+
+
 def parse_json(content: bytes) -> t.Any:
     """Parse a response body: orjson, unless a number would lose digits as a double.
 
@@ -138,6 +162,16 @@ def response_meta(response: requests.Response) -> dict[str, t.Any]:
     body = response_body(response)
     meta = body.get("meta") if isinstance(body, dict) else None
     return meta if isinstance(meta, dict) else {}
+
+
+def _error_code(response: requests.Response) -> str | None:
+    """The ``code`` of a Lago error body, when there is one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    code = body.get("code") if isinstance(body, dict) else None
+    return code if isinstance(code, str) else None
 
 
 class LagoPaginator(BaseAPIPaginator[int]):
@@ -261,7 +295,14 @@ class LagoStream(RESTStream[int]):
     paginated = True
     page_ahead = True
     is_sorted = False
+    #: Whether ``start_date`` limits a first sync (facts) or not (dimensions: read whole).
+    applies_start_date = True
+    #: Whether ``end_date`` caps what is read and the bookmark (events and fees).
+    applies_end_date = False
     extra_retry_statuses: t.Sequence[int] = (HTTPStatus.TOO_MANY_REQUESTS,)
+    # One METRIC line per request floods the log; progress lines and the closing table
+    # (tap_lago.progress) say the same in a readable form.
+    _LOG_REQUEST_METRICS = False
 
     _seen: _SeenKeys | None = None
     _signpost_value: str | None = None
@@ -284,7 +325,7 @@ class LagoStream(RESTStream[int]):
     @property
     def authenticator(self) -> BearerTokenAuthenticator:
         """``Authorization: Bearer <api_key>``."""
-        return BearerTokenAuthenticator(token=self.config["api_key"])
+        return BearerTokenAuthenticator(token=str(self.config["api_key"]).strip())
 
     @property
     def timeout(self) -> int:
@@ -310,6 +351,31 @@ class LagoStream(RESTStream[int]):
             gate = RateLimitGate()
             self._tap.rate_limit_gate = gate  # type: ignore[attr-defined]
         return gate
+
+    @property
+    def progress(self) -> StreamProgress:
+        """This stream's counters (shared through the tap)."""
+        progress = getattr(self._tap, "progress", None)
+        if not isinstance(progress, Progress):
+            progress = Progress()
+            self._tap.progress = progress  # type: ignore[attr-defined]
+        return progress.of(self.name)
+
+    def check_connection(self) -> None:
+        """Ask for one record of this stream's list; a failure raises a one-line error.
+
+        Goes through the retrying request, so 429s, 5xx and timeouts are retried as usual,
+        while a refused connection, a DNS or TLS failure, 401, 403 or 404 fail at once.
+        """
+        request = requests.Request("GET", self.get_url(None), params={"page": 1, "per_page": 1})
+        prepared = self.requests_session.prepare_request(request)
+        response = self.request_decorator(self._send)(prepared, None)
+        self.logger.info(
+            "Connected to Lago at %s (HTTP %s for GET %s?per_page=1)",
+            self.url_base,
+            response.status_code,
+            self.path,
+        )
 
     def get_url(self, context: Context | None) -> str:
         """Fill ``{placeholders}`` in ``path`` from the context, URL-quoted."""
@@ -358,6 +424,9 @@ class LagoStream(RESTStream[int]):
             return None
         if self._signpost_value is None:
             now = dt.datetime.now(dt.timezone.utc)
+            end = self.end_datetime() if self.applies_end_date else None
+            if end is not None:
+                now = min(now, end)
             if self.replication_precision == "ms":
                 now = now.replace(microsecond=now.microsecond // 1000 * 1000)
             else:
@@ -370,9 +439,16 @@ class LagoStream(RESTStream[int]):
         return parse_datetime(t.cast("str", self.get_replication_key_signpost()))
 
     def start_datetime(self, context: Context | None) -> dt.datetime | None:
-        """Where this sync starts: the bookmark, else ``start_date``, else None."""
+        """Where this sync starts: the bookmark, else ``start_date`` (facts only), else None."""
+        if not self.applies_start_date and not self.has_bookmark(context):
+            return None
         value = self.get_starting_replication_key_value(context)
         return parse_datetime(value) if value else None
+
+    def end_datetime(self) -> dt.datetime | None:
+        """The ``end_date`` setting, if any."""
+        value = self.config.get("end_date")
+        return parse_setting_datetime(value) if value else None
 
     def has_bookmark(self, context: Context | None) -> bool:
         """Whether the incoming state holds a bookmark for this stream."""
@@ -414,21 +490,21 @@ class LagoStream(RESTStream[int]):
 
     def get_records(self, context: Context | None) -> Iterable[dict[str, t.Any]]:
         """Request every page, keep records past the bookmark, drop repeated keys."""
-        if self._seen is None or (context is None and self.parent_stream_type is None):
+        top_level = context is None and self.parent_stream_type is None
+        if top_level:
+            check = getattr(self._tap, "check_connection_once", None)
+            if check is not None:
+                check()
+        if self._seen is None or top_level:
             self._reset_seen()
         seen = t.cast("_SeenKeys", self._seen)
-        start = self.start_datetime(context) if self.client_side_filter else None
         dupes_before = seen.duplicates
-        keys, key_of = self.primary_keys, self.record_key
-        for record in self.request_records(context):
-            record = self.prepare_record(record, context)  # noqa: PLW2901
-            if start is not None:
-                value = record.get(t.cast("str", self.replication_key))
-                if value and parse_datetime(value) < start:
-                    continue
-            if keys and not seen.add(key_of(record)):
-                continue
-            yield record
+        progress = self.progress
+        started = progress.start()
+        try:
+            yield from self._filtered_records(self.request_records(context), context, seen)
+        finally:
+            progress.seconds += time.monotonic() - started
         for child in self.child_streams:
             t.cast("LagoStream", child)._drop_prefetched()
         if seen.duplicates > dupes_before:
@@ -438,6 +514,27 @@ class LagoStream(RESTStream[int]):
                 seen.duplicates - dupes_before,
             )
 
+    def _filtered_records(
+        self,
+        records: Iterable[dict[str, t.Any]],
+        context: Context | None,
+        seen: _SeenKeys,
+    ) -> Iterable[dict[str, t.Any]]:
+        """Records past the bookmark (client-side filter) and not yet emitted, counted."""
+        start = self.start_datetime(context) if self.client_side_filter else None
+        keys, key_of = self.primary_keys, self.record_key
+        progress = self.progress
+        for record in records:
+            record = self.prepare_record(record, context)  # noqa: PLW2901
+            if start is not None:
+                value = record.get(t.cast("str", self.replication_key))
+                if value and parse_datetime(value) < start:
+                    continue
+            if keys and not seen.add(key_of(record)):
+                continue
+            progress.records += 1
+            yield record
+
     def prepare_record(
         self,
         record: dict[str, t.Any],
@@ -445,6 +542,43 @@ class LagoStream(RESTStream[int]):
     ) -> dict[str, t.Any]:
         """Hook to add fields to a record before it is keyed (override)."""
         return record
+
+    # Progress ------------------------------------------------------------------------
+
+    def calculate_sync_cost(
+        self,
+        request: requests.PreparedRequest,
+        response: requests.Response,
+        context: Context | None,
+    ) -> dict[str, int]:
+        """Count a page read (called once per response used) and log progress now and then."""
+        progress = self.progress
+        if self.paginated:
+            progress.page(response_meta(response).get("total_pages"))
+        progress.maybe_log(self.logger)
+        return {}
+
+    def log_sync_costs(self) -> None:
+        """At the end of the sync (the tap's last stream): the table of every stream."""
+        streams = list(self._tap.streams.values())
+        if not streams or streams[-1] is not self:
+            return
+        progress = getattr(self._tap, "progress", None)
+        if isinstance(progress, Progress) and progress.streams:
+            for line in ["Sync summary:", *progress.table()]:
+                self._tap.logger.info("%s", line)
+
+    def log(self, message: str, *args: t.Any, level: int = logging.INFO, **kwargs: t.Any) -> None:
+        """Log; the SDK's "unhandled error" line drops to DEBUG for expected stops.
+
+        An API error is reported in one line when the run ends; an abort is what
+        ``--test`` asks for.
+        """
+        if message.startswith("An unhandled error occurred") and isinstance(
+            sys.exc_info()[1], _EXPECTED_STOPS
+        ):
+            level = logging.DEBUG
+        super().log(message, *args, level=level, **kwargs)
 
     # Concurrent paging --------------------------------------------------------------
 
@@ -671,17 +805,34 @@ class LagoStream(RESTStream[int]):
     def _send(
         self, prepared_request: requests.PreparedRequest, context: Context | None
     ) -> requests.Response:
-        """One attempt (the SDK's); a 429 also pauses the tap's other requests."""
+        """One attempt (the SDK's); a 429 also pauses the tap's other requests.
+
+        A connection no retry can fix (DNS, refused, TLS) fails at once, in one line.
+        """
         abort = getattr(_worker, "abort", None)
         if abort is not None and abort.is_set():
             raise _Abandoned
+        progress = self.progress
         try:
-            return super()._request(prepared_request, context)
+            response = super()._request(prepared_request, context)
         except RetriableAPIError as exc:
+            limited = exc.response is not None and exc.response.status_code == 429
+            progress.count_request(rate_limited=limited)
             wait = self._rate_limit_seconds(exc)
             if wait:
                 self.rate_limit_gate.pause(wait)
             raise
+        except requests.ConnectionError as exc:
+            progress.count_request()
+            fatal = connection_error(exc, self.url_base)
+            if fatal is not None:
+                raise fatal from exc
+            raise
+        except Exception:
+            progress.count_request()
+            raise
+        progress.count_request()
+        return response
 
     # Record output -----------------------------------------------------------------
 
@@ -748,14 +899,26 @@ class LagoStream(RESTStream[int]):
             msg = (
                 f"{self.name}: Lago refused the request with HTTP {status} "
                 f"{response.reason} for {where}. Check the api_key setting (and that "
-                f"api_url points at the right Lago region or host)."
+                f"api_url points at the right Lago region or host: {INSTANCES})."
             )
             raise FatalAPIError(msg)
-        body = response.text[:500]
+        body = " ".join(response.text[:500].split())
         if self.parent_stream_type is not None and status in self.skippable_child_statuses:
             msg = f"{self.name}: HTTP {status} for {where}: {body}"
             raise ParentGoneError(msg)
+        if status == HTTPStatus.NOT_FOUND:
+            if _error_code(response) not in {None, "resource_not_found"}:
+                # e.g. customer_not_found: an object the request names is gone.
+                msg = f"{self.name}: HTTP {status} for {where}: {body}"
+                raise ParentGoneError(msg)
+            msg = (
+                f"{self.name}: HTTP 404 for {where}: no Lago API list there. Check api_url: "
+                f"the root of the Lago API, ending in /api/v1 ({INSTANCES})."
+            )
+            raise FatalAPIError(msg)
         msg = f"{self.name}: HTTP {status} {response.reason} for {where}: {body}"
+        if status in {HTTPStatus.BAD_REQUEST, HTTPStatus.UNPROCESSABLE_ENTITY}:
+            raise ListRefusedError(msg)
         raise FatalAPIError(msg)
 
     #: Statuses that mean "the parent object is gone": skip this child request.
@@ -812,6 +975,7 @@ class LagoStream(RESTStream[int]):
 
     def backoff_handler(self, details: Details) -> None:
         """Log each retry without request details (no headers, no key)."""
+        self.progress.count_retry()
         exc = details.get("exception")
         self.log(
             "%s: retrying in %.2f s (attempt %d of %d) after %s",
@@ -835,3 +999,105 @@ class LagoChildStream(LagoStream):
             yield from super().get_records(context)
         except ParentGoneError as exc:
             self.logger.warning("Skipping %s for %s: %s", self.name, dict(context or {}), exc)
+
+
+class LagoWindowedStream(LagoStream):
+    """A list read in time windows, oldest first; the bookmark moves as each one completes.
+
+    Subclasses name the list's inclusive time filters in ``window_params``. Windows run
+    from the bookmark minus the lookback (else ``start_date``, else the oldest record) to
+    the signpost (the sync's start, or ``end_date``), ``events_window_days`` long. After
+    each window the bookmark becomes its end and a STATE message is written, so a run
+    killed mid-backfill resumes at its last completed window.
+    """
+
+    window_params: tuple[str, str] = ("", "")
+    replication_precision = "ms"
+    applies_end_date = True
+    _window: tuple[dt.datetime, dt.datetime] | None = None
+
+    def filter_params(self, context: Context | None) -> dict[str, t.Any]:  # noqa: D102
+        low, high = self._window or (None, self.signpost_datetime())
+        params = {self.window_params[1]: api_datetime(high)}
+        if low is not None:
+            params[self.window_params[0]] = api_datetime(low)
+        return params
+
+    def window_start(self, context: Context | None) -> dt.datetime | None:
+        """Where the first window begins: the sync's start minus the lookback."""
+        start = self.start_datetime(context)
+        if start is None:
+            return None
+        lookback = dt.timedelta(days=float(self.config.get("lookback_window_days", 1)))
+        return start - lookback
+
+    def windows(self, context: Context | None) -> list[tuple[dt.datetime, dt.datetime]]:
+        """Every window of this sync, oldest first."""
+        end = self.signpost_datetime()
+        start = self.window_start(context) or self._oldest_record_time(end)
+        if start is None or start > end:
+            return []
+        size = dt.timedelta(days=float(self.config.get("events_window_days", 30)))
+        bounds = [start]
+        while bounds[-1] + size < end:
+            bounds.append(bounds[-1] + size)
+        bounds.append(end)
+        return list(itertools.pairwise(bounds)) or [(start, end)]
+
+    def _oldest_record_time(self, end: dt.datetime) -> dt.datetime | None:
+        """The time of the oldest record up to ``end``: the last entry of a newest-first list.
+
+        Requests of one record: the count, then the last page, asked again while the count
+        it comes with differs (rows inserted meanwhile shift the oldest one down). None when
+        the list is empty.
+        """
+        send = self.request_decorator(self._send)
+
+        def first_of(page: int) -> tuple[dict[str, t.Any] | None, int]:
+            params = {"per_page": 1, "page": page, self.window_params[1]: api_datetime(end)}
+            request = requests.Request("GET", self.get_url(None), params=params)
+            response = send(self.requests_session.prepare_request(request), None)
+            records = list(self.parse_response(response))
+            return (records[0] if records else None), int(
+                response_meta(response).get("total_count") or 0
+            )
+
+        _, count = first_of(1)
+        oldest = None
+        for _ in range(10):  # bounded: each retry means rows were inserted meanwhile
+            if not count:
+                return None
+            oldest, now = first_of(count)
+            if now == count:
+                break
+            count = now
+        value = oldest.get(t.cast("str", self.replication_key)) if oldest else None
+        return parse_datetime(value) if value else None
+
+    def request_records(self, context: Context | None) -> Iterable[dict[str, t.Any]]:
+        """Each window's records in turn; the bookmark is committed after each window."""
+        windows = self.windows(context)
+        progress = self.progress
+        for number, window in enumerate(windows):
+            self._window = window
+            label = f"({window[0]:%Y-%m-%d} to {window[1]:%Y-%m-%d})"
+            progress.begin_part(number, len(windows), label)
+            try:
+                yield from super().request_records(context)
+            finally:
+                self._window = None
+            self._commit_window(context, window[1])
+
+    def _commit_window(self, context: Context | None, end: dt.datetime) -> None:
+        """Make ``end`` the bookmark (never past the signpost) and write STATE."""
+        state = self.get_context_state(context)
+        state.pop("progress_markers", None)
+        state["replication_key"] = self.replication_key
+        state["replication_key_value"] = canonical(min(end, self.signpost_datetime()))
+        self.state_manager.is_flushed = False
+        self._write_state_message()
+
+    def _increment_stream_state(
+        self, latest_record: dict[str, t.Any], *, context: Context | None = None
+    ) -> None:
+        """Records do not move the bookmark: completed windows do (newest first inside)."""

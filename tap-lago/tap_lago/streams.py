@@ -2,15 +2,17 @@
 
 Replication at a glance (endpoint; primary key; method and key):
 
-- customers: /customers; lago_id; INCREMENTAL updated_at, filtered client-side
+- customers: /customers; lago_id; INCREMENTAL updated_at, filtered client-side (a dimension:
+  ``start_date`` does not apply)
 - subscriptions: /subscriptions?status[]=<all five>; lago_id; FULL_TABLE
 - invoices: /invoices; lago_id; INCREMENTAL updated_at, filtered client-side
 - billable_metrics, plans, coupons, add_ons, taxes, applied_coupons, wallets: lago_id;
   FULL_TABLE (no change key in the API)
 - events: /events?timestamp_from&timestamp_to; (transaction_id, external_subscription_id);
-  INCREMENTAL timestamp, filtered server-side with a lookback window
+  INCREMENTAL timestamp, server-side, in time windows oldest first, with a lookback window
 - fees: /fees?created_at_from&created_at_to; lago_id; INCREMENTAL created_at, server-side
 - credit_notes: /credit_notes; lago_id; INCREMENTAL updated_at, filtered client-side
+- wallets: /wallets, or per customer when the server requires external_customer_id
 - wallet_transactions: /wallets/{lago_id}/wallet_transactions; lago_id; FULL_TABLE, child
   of wallets
 - customer_usage: /customers/{external_customer_id}/current_usage?external_subscription_id=;
@@ -26,7 +28,14 @@ import datetime as dt
 import typing as t
 from http import HTTPStatus
 
-from tap_lago.client import LagoChildStream, LagoStream, api_datetime
+from tap_lago.client import (
+    LagoChildStream,
+    LagoStream,
+    LagoWindowedStream,
+    ListRefusedError,
+    ParentGoneError,
+    api_datetime,
+)
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterable
@@ -64,11 +73,12 @@ class _IssuingDateStream(_UpdatedAtStream):
 
 
 class CustomersStream(_UpdatedAtStream):
-    """Customers (not deleted)."""
+    """Customers (not deleted); a dimension, so read whole on a first sync."""
 
     name = "customers"
     path = "/customers"
     primary_keys = ("lago_id",)
+    applies_start_date = False
 
 
 class SubscriptionsStream(LagoStream):
@@ -116,22 +126,14 @@ class PlansStream(LagoStream):
     primary_keys = ("lago_id",)
 
 
-class EventsStream(LagoStream):
-    """Usage events, read by event ``timestamp`` between bookmark-minus-lookback and now."""
+class EventsStream(LagoWindowedStream):
+    """Usage events by ``timestamp``, in windows from bookmark-minus-lookback to the end."""
 
     name = "events"
     path = "/events"
     primary_keys = ("transaction_id", "external_subscription_id")
     replication_key = "timestamp"
-    replication_precision = "ms"
-
-    def filter_params(self, context: Context | None) -> dict[str, t.Any]:  # noqa: D102
-        params = {"timestamp_to": api_datetime(self.signpost_datetime())}
-        start = self.start_datetime(context)
-        if start is not None:
-            lookback = dt.timedelta(days=float(self.config.get("lookback_window_days", 1)))
-            params["timestamp_from"] = api_datetime(start - lookback)
-        return params
+    window_params = ("timestamp_from", "timestamp_to")
 
 
 class CouponsStream(LagoStream):
@@ -158,6 +160,7 @@ class FeesStream(LagoStream):
     primary_keys = ("lago_id",)
     replication_key = "created_at"
     is_sorted = True
+    applies_end_date = True
 
     def filter_params(self, context: Context | None) -> dict[str, t.Any]:  # noqa: D102
         params = {"created_at_to": api_datetime(self.signpost_datetime())}
@@ -176,11 +179,47 @@ class CreditNotesStream(_IssuingDateStream):
 
 
 class WalletsStream(LagoStream):
-    """Wallets, including terminated ones."""
+    """Wallets, including terminated ones.
+
+    The spec marks ``external_customer_id`` required (servers before v1.47, and gateways
+    that validate requests, enforce it): when the whole list is refused with a 400 or 422,
+    wallets are listed customer by customer instead.
+    """
 
     name = "wallets"
     path = "/wallets"
     primary_keys = ("lago_id",)
+
+    def get_records(self, context: Context | None) -> Iterable[dict[str, t.Any]]:
+        """The whole list, or per customer when the server refuses it."""
+        if context is not None:
+            yield from super().get_records(context)
+            return
+        emitted = 0
+        try:
+            for record in super().get_records(None):
+                emitted += 1
+                yield record
+        except ListRefusedError as exc:
+            if emitted:
+                raise
+            self.logger.warning(
+                "wallets: the server refused the list without external_customer_id (%s); "
+                "listing wallets customer by customer",
+                exc,
+            )
+        else:
+            return
+        customers = t.cast("LagoStream", self._tap.streams["customers"])
+        for customer in customers.request_records(None):
+            try:
+                yield from super().get_records({"external_customer_id": customer["external_id"]})
+            except ParentGoneError as exc:
+                self.logger.info("Skipping wallets of a customer gone meanwhile: %s", exc)
+
+    def filter_params(self, context: Context | None) -> dict[str, t.Any]:  # noqa: D102
+        customer = (context or {}).get("external_customer_id")
+        return {"external_customer_id": customer} if customer else {}
 
     def get_child_context(  # noqa: D102
         self, record: dict[str, t.Any], context: Context | None

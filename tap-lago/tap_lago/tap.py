@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import typing as t
 
 from requests.adapters import HTTPAdapter
 from singer_sdk import Tap
@@ -10,10 +11,16 @@ from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError
 
 from tap_lago.client import LagoSession, RateLimitGate
+from tap_lago.preflight import config_errors, install_secret_filter, one_line_errors
+from tap_lago.progress import Progress
 from tap_lago.streams import STREAM_TYPES, LagoStream
 from tap_lago.writer import LagoMessageWriter
 
+if t.TYPE_CHECKING:
+    import click
+
 DEFAULT_API_URL = "https://api.getlago.com/api/v1"
+CONNECTION_CHECK_STREAM = "billable_metrics"
 
 
 class TapLago(Tap):
@@ -47,9 +54,32 @@ class TapLago(Tap):
             th.DateTimeType,
             title="Start date",
             description=(
-                "Earliest data to read on a first sync: events by timestamp, fees by "
-                "creation, customers/invoices/credit notes by last update (invoices and "
-                "credit notes also by issuing date). Later syncs start from the bookmark."
+                "Earliest data to read on a first sync, for facts only: events by "
+                "timestamp, fees by creation, invoices and credit notes by last update "
+                "(and issuing date). Dimensions (customers, subscriptions, plans, ...) are "
+                "always read whole on a first sync, so every fact finds its customer. "
+                "Later syncs start from the bookmark."
+            ),
+        ),
+        th.Property(
+            "end_date",
+            th.DateTimeType,
+            title="End date",
+            description=(
+                "Latest data to read: events and fees up to this time, and their "
+                "bookmarks never pass it. Splits a backfill into jobs (start_date to "
+                "end_date); leave empty to read up to the sync's start."
+            ),
+        ),
+        th.Property(
+            "events_window_days",
+            th.NumberType(exclusive_minimum=0),
+            default=30,
+            title="Events window (days)",
+            description=(
+                "Events are read in time windows of this many days, oldest first; the "
+                "events bookmark advances (and STATE is emitted) as each window "
+                "completes, so a killed backfill resumes at its last completed window."
             ),
         ),
         th.Property(
@@ -104,17 +134,48 @@ class TapLago(Tap):
     ).to_dict()
 
     def __init__(self, *args: object, **kwargs: object) -> None:
-        """Create the tap and check cross-field settings."""
+        """Create the tap and check every setting: one line per invalid one."""
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        api_url = str(self.config.get("api_url") or "")
-        if not api_url.startswith(("http://", "https://")):
-            msg = f"api_url must start with http:// or https:// (got {api_url!r})"
-            raise ConfigValidationError(msg)
+        install_secret_filter(str(self.config.get("api_key") or ""))
+        if errors := config_errors(self.config):
+            msg = "Config validation failed"
+            raise ConfigValidationError(msg, errors=errors)
+        self._connection_checked = False
+
+    @classmethod
+    def invoke(cls, **kwargs: t.Any) -> None:
+        """Run the tap; an API or network error ends it with one line and exit status 1."""
+        with one_line_errors(cls.logger):
+            super().invoke(**kwargs)
+
+    @classmethod
+    def cb_test(cls, ctx: click.Context, param: click.Option, value: str) -> None:
+        """``--test``, with the same one-line errors as a sync."""
+        with one_line_errors(cls.logger):
+            super().cb_test(ctx, param, value)
+
+    def check_connection_once(self) -> None:
+        """Before the first stream's first request: one cheap request, whatever is selected.
+
+        One record of billable metrics: a short list every Lago version serves.
+        """
+        if not self._connection_checked:
+            self._connection_checked = True
+            t.cast("LagoStream", self.streams[CONNECTION_CHECK_STREAM]).check_connection()
+
+    @functools.cached_property
+    def progress(self) -> Progress:
+        """Progress lines and the closing table of every stream."""
+        return Progress()
 
     @functools.cached_property
     def http_session(self) -> LagoSession:
-        """One session for every stream, its connection pool sized to ``max_concurrency``."""
-        size = max(1, int(self.config.get("max_concurrency", 4)))
+        """One session for every stream, its pool sized for every thread that may send.
+
+        A list's page-ahead pool and a child stream's prefetch pool each run up to
+        ``max_concurrency`` requests, besides the emitting thread.
+        """
+        size = 2 * max(1, int(self.config.get("max_concurrency", 4))) + 2
         session = LagoSession()
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=size, pool_block=False)
         session.mount("https://", adapter)

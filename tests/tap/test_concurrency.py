@@ -54,10 +54,15 @@ def count_requests_in_flight(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def bookmarks(result: SyncResult) -> dict[str, Any]:
-    """Final bookmark values per stream (without the sync-time signposts)."""
+    """Final bookmark values per stream (without the sync-time signposts).
+
+    The events bookmark is the end of the last window read, the sync's start: it differs
+    between two runs by design, so it is left out.
+    """
     return {
         name: value.get("replication_key_value")
         for name, value in result.last_state["bookmarks"].items()
+        if name != "events"
     }
 
 
