@@ -1,0 +1,181 @@
+"""Events in time windows: oldest first, a bookmark per completed window, end_date jobs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from tap_lago.client import parse_datetime
+
+from tests.tap.conftest import run_tap, tap_config
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SEED = {"seed": 13, "customers": 6, "events": 900, "months": 3}
+EVENTS = "/api/v1/events"
+
+
+def event_windows(sandbox: Any) -> list[tuple[dt.datetime, dt.datetime]]:
+    """(timestamp_from, timestamp_to) of each page request of the events list, in order."""
+    out = []
+    for entry in sandbox.requests():
+        query = parse_qs(entry["query"])
+        if entry["path"] == EVENTS and "timestamp_from" in query and entry["status"] == 200:
+            out.append(
+                (
+                    parse_datetime(query["timestamp_from"][0]),
+                    parse_datetime(query["timestamp_to"][0]),
+                )
+            )
+    return out
+
+
+def event_keys(records: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    return {(r["transaction_id"], r["external_subscription_id"]) for r in records}
+
+
+def test_windows_run_oldest_first_and_each_moves_the_bookmark(sandbox_factory: Any) -> None:
+    sb = sandbox_factory(seed=SEED)
+    sb.requests(clear=True)
+    result = run_tap(tap_config(sb, events_window_days=10, page_size=50), streams={"events"})
+    assert event_keys(result.records["events"]) == event_keys(sb.dump()["events"])
+
+    windows = list(dict.fromkeys(event_windows(sb)))
+    assert len(windows) >= 9  # three months of events, ten days at a time
+    assert windows == sorted(windows)
+    assert all(high - low <= dt.timedelta(days=10) for low, high in windows)
+    oldest = min(parse_datetime(e["timestamp"]) for e in sb.dump()["events"])
+    assert windows[0][0] == oldest.replace(microsecond=oldest.microsecond // 1000 * 1000)
+
+    # After each window, a STATE whose events bookmark is that window's end.
+    marks = [
+        s["bookmarks"]["events"].get("replication_key_value")
+        for s in result.states
+        if "events" in s.get("bookmarks", {})
+    ]
+    ends = [parse_datetime(m) for m in dict.fromkeys(m for m in marks if m)]
+    assert ends == [high for _, high in windows]
+    assert "progress_markers" not in result.last_state["bookmarks"]["events"]
+
+
+def test_end_date_splits_a_backfill_into_jobs(sandbox_factory: Any) -> None:
+    sb = sandbox_factory(seed=SEED)
+    events = sb.dump()["events"]
+    stamps = sorted(parse_datetime(e["timestamp"]) for e in events)
+    start, middle = stamps[0] - dt.timedelta(days=1), stamps[len(stamps) // 2]
+    base = tap_config(
+        sb,
+        start_date=start.isoformat(),
+        events_window_days=15,
+        lookback_window_days=0,
+        page_size=50,
+    )
+
+    first = run_tap({**base, "end_date": middle.isoformat()}, streams={"events", "fees"})
+    bookmarks = first.last_state["bookmarks"]
+    assert parse_datetime(bookmarks["events"]["replication_key_value"]) == middle
+    assert parse_datetime(bookmarks["fees"]["replication_key_value"]) <= middle
+    assert all(parse_datetime(r["timestamp"]) <= middle for r in first.records["events"])
+    assert all(parse_datetime(r["created_at"]) <= middle for r in first.records["fees"])
+
+    sb.requests(clear=True)
+    second = run_tap(base, state=first.last_state, streams={"events"})
+    assert min(low for low, _ in event_windows(sb)) == middle
+    together = event_keys(first.records["events"]) | event_keys(second.records["events"])
+    assert together == event_keys(events)
+    overlap = event_keys(first.records["events"]) & event_keys(second.records["events"])
+    assert all(parse_datetime(t) == middle for t in _stamps(events, overlap))
+
+
+def _stamps(events: list[dict[str, Any]], keys: set[tuple[str, str]]) -> list[str]:
+    return [
+        e["timestamp"]
+        for e in events
+        if (e["transaction_id"], e["external_subscription_id"]) in keys
+    ]
+
+
+def test_a_killed_backfill_resumes_at_its_last_completed_window(
+    sandbox_factory: Any, tmp_path: Path
+) -> None:
+    sb = sandbox_factory(seed=SEED)
+    sb.set_faults([{"path": EVENTS, "fault": "latency", "delay_ms": 15}])
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(tap_config(sb, events_window_days=7, lookback_window_days=0, page_size=20))
+    )
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps(_events_only_catalog(config)))
+    command = [sys.executable, "-m", "tap_lago", "--config", str(config), "--catalog", str(catalog)]
+
+    # Kill the first run (SIGKILL) once four windows were committed.
+    sb.requests(clear=True)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO_ROOT
+    )
+    assert proc.stdout is not None
+    emitted: set[tuple[str, str]] = set()
+    state, committed = None, []
+    for line in proc.stdout:
+        message = json.loads(line)
+        if message["type"] == "RECORD":
+            emitted |= event_keys([message["record"]])
+        elif message["type"] == "STATE":
+            mark = message["value"]["bookmarks"].get("events", {}).get("replication_key_value")
+            if mark and mark not in committed:
+                committed.append(mark)
+                state = message["value"]
+                if len(committed) == 4:
+                    break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert state is not None and len(committed) == 4, "the run ended before four windows"
+    killed_windows = list(dict.fromkeys(event_windows(sb)))
+    bookmark = parse_datetime(committed[-1])
+
+    # The rerun starts at that window's end: no completed window is asked again.
+    sb.requests(clear=True)
+    state_file = tmp_path / "state.json"
+    state_file.write_text(json.dumps(state))
+    rerun = subprocess.run(
+        [*command, "--state", str(state_file)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+        env={**os.environ},
+        check=False,
+    )
+    sb.set_faults([])
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    windows = list(dict.fromkeys(event_windows(sb)))
+    assert windows and windows[0][0] == bookmark
+    assert not set(windows) & set(killed_windows[:4])
+    for line in rerun.stdout.splitlines():
+        message = json.loads(line)
+        if message["type"] == "RECORD":
+            emitted |= event_keys([message["record"]])
+    assert emitted == event_keys(sb.dump()["events"])
+
+
+def _events_only_catalog(config: Path) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tap_lago", "--config", str(config), "--discover"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+        check=True,
+    )
+    catalog = json.loads(proc.stdout)
+    for entry in catalog["streams"]:
+        for meta in entry["metadata"]:
+            if meta["breadcrumb"] == []:
+                meta["metadata"]["selected"] = entry["tap_stream_id"] == "events"
+    return dict(catalog)
