@@ -554,7 +554,9 @@ class LagoStream(RESTStream[int]):
         """Count a page read (called once per response used) and log progress now and then."""
         progress = self.progress
         if self.paginated:
-            progress.page(response_meta(response).get("total_pages"))
+            # A child stream walks one list per parent: its pages are counted, not totalled.
+            total = response_meta(response).get("total_pages") if context is None else None
+            progress.page(total)
         progress.maybe_log(self.logger)
         return {}
 

@@ -100,7 +100,7 @@ class StreamProgress:
 
 
 class Progress:
-    """Every stream's counters, in the order the streams started."""
+    """Every stream's counters; the table lists them in the order the streams started."""
 
     def __init__(self) -> None:
         """No stream yet."""
@@ -126,8 +126,10 @@ class Progress:
                 f"{s.rate_limited:,}",
                 f"{s.seconds:,.1f}",
             )
-            for s in self.streams.values()
-            if s.started is not None
+            for s in sorted(
+                (s for s in self.streams.values() if s.started is not None),
+                key=lambda s: s.started or 0.0,
+            )
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         return [
