@@ -22,18 +22,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: pick one)")
     parser.add_argument("--api-key", default="test-api-key", help="the accepted Bearer key")
-    parser.add_argument("--seed", type=int, help="random seed of the organisation")
-    parser.add_argument("--customers", type=int, help="number of customers")
-    parser.add_argument("--events", type=int, help="number of events")
-    parser.add_argument("--months", type=int, help="events spread over the last N months")
-    parser.add_argument("--anchor", help="the seed's today (ISO date)")
-    parser.add_argument("--latency-ms", type=int, default=0, help="delay added to each request")
     parser.add_argument(
         "--strict-wallets",
         type=int,
         choices=(400, 422),
         help="refuse GET /wallets without external_customer_id with this status",
     )
+    parser.add_argument("--seed", type=int, help="random seed of the organisation")
+    parser.add_argument("--customers", type=int, help="number of customers")
+    parser.add_argument("--events", type=int, help="number of events")
+    parser.add_argument("--months", type=int, help="events spread over the last N months")
+    parser.add_argument("--anchor", help="the seed's today (ISO date)")
+    parser.add_argument("--latency-ms", type=int, default=0, help="delay added to each request")
     return parser.parse_args(argv)
 
 
@@ -52,14 +52,10 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    sandbox = Sandbox(
-        args.api_key,
-        seed=seed,
-        latency_ms=args.latency_ms,
-        port=args.port,
-        strict_wallets=args.strict_wallets,
-    )
+    sandbox = Sandbox(args.api_key, seed=seed, latency_ms=args.latency_ms, port=args.port)
     sandbox.start()
+    if sandbox.state is not None:
+        sandbox.state.configure({"strict_wallets": args.strict_wallets})
     print(f"LAGO_SANDBOX_URL={sandbox.url}", flush=True)
     try:
         while not stop.wait(0.5):

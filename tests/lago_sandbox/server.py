@@ -89,23 +89,17 @@ def seed_options(overrides: dict[str, Any] | None) -> dict[str, Any]:
 class SandboxState:
     """Everything one running sandbox holds: data, key, faults, request log."""
 
-    def __init__(
-        self,
-        api_key: str,
-        options: dict[str, Any],
-        latency_ms: int,
-        settings: dict[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, api_key: str, options: dict[str, Any], latency_ms: int) -> None:
         self.api_key = api_key
         self.options = options
         self.latency_ms = latency_ms
-        self.settings: dict[str, Any] = {"strict_wallets": None}
-        self.configure(settings or {})
         self.store = Store()
         self.faults = faults_mod.FaultSet()
         self.requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=REQUEST_LOG_MAX)
         self.requests_lock = threading.Lock()
         self.stopping = threading.Event()
+        #: Behaviour settings (README "Strict wallets"), changed by configure().
+        self.settings: dict[str, Any] = {"strict_wallets": None}
         self.reset(None)
 
     def reset(self, overrides: dict[str, Any] | None) -> dict[str, int]:
@@ -755,13 +749,11 @@ class Sandbox:
         seed: dict[str, Any] | None = None,
         latency_ms: int = 0,
         port: int = 0,
-        strict_wallets: int | None = None,
     ) -> None:
         self.api_key = api_key
         self.seed = seed_options(seed)
         self.latency_ms = latency_ms
         self.port = port
-        self.settings: dict[str, Any] = {"strict_wallets": strict_wallets}
         self._server: SandboxHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.state: SandboxState | None = None
@@ -782,7 +774,7 @@ class Sandbox:
         """Seed the organisation and serve it."""
         if self._server is not None:
             return self
-        self.state = SandboxState(self.api_key, self.seed, self.latency_ms, self.settings)
+        self.state = SandboxState(self.api_key, self.seed, self.latency_ms)
         self._server = SandboxHTTPServer(self.state, self.port)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
