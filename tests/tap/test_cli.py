@@ -19,6 +19,8 @@ SETTINGS = (
     "api_key",
     "api_url",
     "start_date",
+    "end_date",
+    "events_window_days",
     "page_size",
     "lookback_window_days",
     "request_timeout",
