@@ -338,9 +338,8 @@ def test_first_sync_starts_at_start_date(sandbox: Any) -> None:
     assert all(f"issuing_date_from={day_before.isoformat()}" in q for q in invoice_queries)
 
     expected = expected_from_dump(dump)
-    # Customers are a dimension: read whole on a first sync, whatever start_date says.
-    assert keys(result, "customers") == set(expected["customers"])
     since = {
+        # A dimension: read whole on a first sync, whatever start_date says.
         "customers": dt.datetime.min.replace(tzinfo=dt.timezone.utc),
         "invoices": start,
         "credit_notes": start,
