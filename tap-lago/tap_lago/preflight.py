@@ -48,8 +48,8 @@ def parse_setting_datetime(value: str | dt.datetime) -> dt.datetime:
     return parsed.astimezone(dt.timezone.utc)
 
 
-def _api_url_error(raw: str) -> str | None:
-    """One line naming what is wrong with ``api_url`` and the value to use, or None."""
+def _api_url_fix(raw: str) -> tuple[str, bool, bool]:
+    """The value ``api_url`` should have, whether it has a scheme, and a /api/v1 root."""
     url = raw.strip()
     parts = urlsplit(url)
     has_scheme = parts.scheme in {"http", "https"} and bool(parts.netloc)
@@ -57,14 +57,7 @@ def _api_url_error(raw: str) -> str | None:
     has_root = urlsplit(fixed).path.rstrip("/").endswith("/api/v1")
     if not has_root:
         fixed = fixed.rstrip("/") + "/api/v1"
-    if has_scheme and has_root:
-        return None
-    problems = []
-    if not has_scheme:
-        problems.append("has no http:// or https:// scheme")
-    if not has_root:
-        problems.append("does not end in /api/v1")
-    return f"api_url {url!r} {' and '.join(problems)}: use {fixed!r} ({INSTANCES})."
+    return fixed, has_scheme, has_root
 
 
 def config_errors(config: Mapping[str, t.Any]) -> list[str]:
@@ -72,8 +65,14 @@ def config_errors(config: Mapping[str, t.Any]) -> list[str]:
     errors = []
     if not str(config.get("api_key") or "").strip():
         errors.append("api_key is empty: use a key from Lago (Developers > API keys).")
-    if error := _api_url_error(str(config.get("api_url") or "")):
-        errors.append(error)
+    url = str(config.get("api_url") or "").strip()
+    fixed, has_scheme, has_root = _api_url_fix(url)
+    if not has_scheme:
+        also = "" if has_root else " and does not end in /api/v1"
+        errors.append(
+            f"api_url {url!r} has no http:// or https:// scheme{also}: use {fixed!r} "
+            f"({INSTANCES})."
+        )
     dates: dict[str, dt.datetime] = {}
     for name in ("start_date", "end_date"):
         value = config.get(name)
@@ -92,6 +91,18 @@ def config_errors(config: Mapping[str, t.Any]) -> list[str]:
             f"{config['start_date']!r}: set an end_date later than start_date, or none."
         )
     return errors
+
+
+def config_warnings(config: Mapping[str, t.Any]) -> list[str]:
+    """One line per setting that looks wrong but may be meant (a proxy or a mock)."""
+    url = str(config.get("api_url") or "").strip()
+    fixed, has_scheme, has_root = _api_url_fix(url)
+    if has_scheme and not has_root:
+        return [
+            f"api_url {url!r} does not end in /api/v1, as the Lago API does: if requests "
+            f"fail with 404, use {fixed!r} ({INSTANCES})."
+        ]
+    return []
 
 
 def connection_error(exc: requests.ConnectionError, url: str) -> LagoConnectionError | None:

@@ -11,7 +11,12 @@ from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError
 
 from tap_lago.client import LagoSession, RateLimitGate
-from tap_lago.preflight import config_errors, install_secret_filter, one_line_errors
+from tap_lago.preflight import (
+    config_errors,
+    config_warnings,
+    install_secret_filter,
+    one_line_errors,
+)
 from tap_lago.progress import Progress
 from tap_lago.streams import STREAM_TYPES, LagoStream
 from tap_lago.writer import LagoMessageWriter
@@ -140,6 +145,8 @@ class TapLago(Tap):
         if errors := config_errors(self.config):
             msg = "Config validation failed"
             raise ConfigValidationError(msg, errors=errors)
+        for warning in config_warnings(self.config):
+            self.logger.warning("%s", warning)
         self._connection_checked = False
 
     @classmethod
