@@ -72,6 +72,9 @@ PAGE_AHEAD_AFTER_SECONDS = 0.01
 #: Pages in a row already there when wanted before one fewer is requested ahead.
 PAGE_AHEAD_SHRINK_AFTER = 8
 
+#: Most windows one sync reads a windowed stream in; a longer span gets wider windows.
+MAX_WINDOWS = 100
+
 _CANONICAL = "%Y-%m-%dT%H:%M:%S.%fZ"
 #: UTC timestamps as Lago writes them (``...T12:34:56Z`` or with 1 to 6 decimals).
 _UTC_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.(\d{1,6}))?Z")
@@ -1008,7 +1011,8 @@ class LagoWindowedStream(LagoStream):
 
     Subclasses name the list's inclusive time filters in ``window_params``. Windows run
     from the bookmark minus the lookback (else ``start_date``, else the oldest record) to
-    the signpost (the sync's start, or ``end_date``), ``events_window_days`` long. After
+    the signpost (the sync's start, or ``end_date``), ``events_window_days`` long (wider
+    when that would make more than :data:`MAX_WINDOWS`). After
     each window the bookmark becomes its end and a STATE message is written, so a run
     killed mid-backfill resumes at its last completed window.
     """
@@ -1040,6 +1044,18 @@ class LagoWindowedStream(LagoStream):
         if start is None or start > end:
             return []
         size = dt.timedelta(days=float(self.config.get("events_window_days", 30)))
+        if (end - start) / size > MAX_WINDOWS:
+            # A stray ancient timestamp must not cost a request per empty window.
+            size = (end - start) / MAX_WINDOWS
+            self.logger.info(
+                "%s: %s to %s is more than %d windows: reading it in %d windows of %.1f days",
+                self.name,
+                start.date(),
+                end.date(),
+                MAX_WINDOWS,
+                MAX_WINDOWS,
+                size / dt.timedelta(days=1),
+            )
         bounds = [start]
         while bounds[-1] + size < end:
             bounds.append(bounds[-1] + size)

@@ -70,8 +70,7 @@ def config_errors(config: Mapping[str, t.Any]) -> list[str]:
     if not has_scheme:
         also = "" if has_root else " and does not end in /api/v1"
         errors.append(
-            f"api_url {url!r} has no http:// or https:// scheme{also}: use {fixed!r} "
-            f"({INSTANCES})."
+            f"api_url {url!r} has no http:// or https:// scheme{also}: use {fixed!r} ({INSTANCES})."
         )
     dates: dict[str, dt.datetime] = {}
     for name in ("start_date", "end_date"):

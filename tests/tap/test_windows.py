@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from tap_lago.client import parse_datetime
+from tap_lago.client import MAX_WINDOWS, parse_datetime
 
 from tests.tap.conftest import run_tap, tap_config
 
@@ -62,6 +62,17 @@ def test_windows_run_oldest_first_and_each_moves_the_bookmark(sandbox_factory: A
     ends = [parse_datetime(m) for m in dict.fromkeys(m for m in marks if m)]
     assert ends == [high for _, high in windows]
     assert "progress_markers" not in result.last_state["bookmarks"]["events"]
+
+
+def test_a_long_span_is_read_in_at_most_max_windows(sandbox_factory: Any) -> None:
+    sb = sandbox_factory(seed=SEED)
+    sb.requests(clear=True)
+    # Three months in windows of about 15 minutes would be some 9,000 windows.
+    result = run_tap(tap_config(sb, events_window_days=0.01, page_size=100), streams={"events"})
+    windows = list(dict.fromkeys(event_windows(sb)))
+    assert 90 <= len(windows) <= MAX_WINDOWS
+    assert windows == sorted(windows)
+    assert event_keys(result.records["events"]) == event_keys(sb.dump()["events"])
 
 
 def test_end_date_splits_a_backfill_into_jobs(sandbox_factory: Any) -> None:
