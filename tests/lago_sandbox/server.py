@@ -87,11 +87,13 @@ def seed_options(overrides: dict[str, Any] | None) -> dict[str, Any]:
 class SandboxState:
     """Everything one running sandbox holds: data, key, faults, request log."""
 
-    def __init__(self, api_key: str, options: dict[str, Any], latency_ms: int) -> None:
+    def __init__(
+        self, api_key: str, options: dict[str, Any], latency_ms: int, event_store: str = "postgres"
+    ) -> None:
         self.api_key = api_key
         self.options = options
         self.latency_ms = latency_ms
-        self.store = Store()
+        self.store = Store(event_store)
         self.faults = faults_mod.FaultSet()
         self.requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=REQUEST_LOG_MAX)
         self.requests_lock = threading.Lock()
@@ -697,10 +699,12 @@ class Sandbox:
         seed: dict[str, Any] | None = None,
         latency_ms: int = 0,
         port: int = 0,
+        event_store: str = "postgres",
     ) -> None:
         self.api_key = api_key
         self.seed = seed_options(seed)
         self.latency_ms = latency_ms
+        self.event_store = event_store
         self.port = port
         self._server: SandboxHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -722,7 +726,7 @@ class Sandbox:
         """Seed the organisation and serve it."""
         if self._server is not None:
             return self
-        self.state = SandboxState(self.api_key, self.seed, self.latency_ms)
+        self.state = SandboxState(self.api_key, self.seed, self.latency_ms, self.event_store)
         self._server = SandboxHTTPServer(self.state, self.port)
         self._thread = threading.Thread(
             target=self._server.serve_forever,

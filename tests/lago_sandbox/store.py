@@ -513,10 +513,22 @@ def listed(resource: str, obj: JsonObj) -> bool:
     return bool(objects_listed(resource, obj))
 
 
-class Store:
-    """The whole organisation in memory, guarded by one lock."""
+EVENT_STORES = ("postgres", "clickhouse")
 
-    def __init__(self) -> None:
+
+class Store:
+    """The whole organisation in memory, guarded by one lock.
+
+    ``event_store`` is ``postgres`` (lago-api's default: a duplicate transaction id is a
+    422) or ``clickhouse`` (LAGO_API_WRITES.md section 8: duplicates are answered 200 and
+    deduplicated on subscription, code, transaction id and timestamp).
+    """
+
+    def __init__(self, event_store: str = "postgres") -> None:
+        if event_store not in EVENT_STORES:
+            raise ValueError(f"event_store must be one of {', '.join(EVENT_STORES)}")
+        self.event_store = event_store
+        self._ch_rows: dict[tuple, Row] = {}
         self.lock = threading.RLock()
         self.tables: dict[str, Table] = {n: Table(d) for n, d in RESOURCE_DEFS.items()}
         self._events_by_txid: dict[Any, Row] = {}
@@ -547,8 +559,10 @@ class Store:
                     if name not in self.tables:
                         raise KeyError(f"unknown resource in seed data: {name}")
                     self.tables[name].load(objs)
+                self._ch_rows = {}
                 for row in self.tables["events"].rows:
                     self._events_by_txid.setdefault(row.obj.get("transaction_id"), row)
+                    self._ch_rows[_ch_key(row.obj)] = row
                 for name in self._by_external_id:
                     self._reindex(name)
                 self._max_sequential_id = max(
@@ -741,6 +755,8 @@ class Store:
                 built.append(event)
             if errors:
                 raise unprocessable(errors if batch else errors["0"])
+            if self.event_store == "clickhouse":
+                return self._create_clickhouse_events(built, now)
             table = self.tables["events"]
             seen: set[str] = set()
             for index, event in enumerate(built):
@@ -755,6 +771,36 @@ class Store:
             for event in built:
                 self._insert("events", event)
             return built
+
+    def _create_clickhouse_events(self, built: list[JsonObj], now: datetime) -> list[JsonObj]:
+        """ClickHouse store: no duplicate check; a repeated (subscription, code,
+        transaction id, timestamp) replaces the stored event, as the deduplicating
+        billing queries see it; any other difference is a second event."""
+        table = self.tables["events"]
+        answers = []
+        for event in built:
+            answers.append(
+                {**event, "lago_id": None, "created_at": None, "lago_customer_id": None}
+            )
+            stored = dict(event)
+            stored["lago_id"] = "-".join(
+                [
+                    "org",
+                    str(event["external_subscription_id"] or ""),
+                    str(event["transaction_id"]),
+                    str(int(now.timestamp())),
+                ]
+            )
+            key = _ch_key(stored)
+            row = self._ch_rows.get(key)
+            if row is not None:
+                row.obj.clear()
+                row.obj.update(stored)
+                table.changed(row)
+                continue
+            self._insert("events", stored)
+            self._ch_rows[key] = table.rows[-1]
+        return answers
 
     # -- writes: customers -----------------------------------------------------------------
 
@@ -1090,6 +1136,16 @@ def _event_timestamp(value: Any, now: datetime) -> tuple[datetime | None, float 
     except (InvalidOperation, OverflowError, ValueError):
         return None, None
     return dt, float(seconds)
+
+
+def _ch_key(event: JsonObj) -> tuple:
+    """The ClickHouse deduplication key of an event."""
+    return (
+        event.get("external_subscription_id"),
+        event.get("code"),
+        event.get("transaction_id"),
+        event.get("timestamp"),
+    )
 
 
 def _build_event(raw: JsonObj, now: datetime) -> tuple[JsonObj, JsonObj]:
