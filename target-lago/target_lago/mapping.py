@@ -6,6 +6,7 @@ import datetime as dt
 import decimal
 import hashlib
 import json
+import math
 import re
 import typing as t
 from collections.abc import Iterable, Mapping, Sequence
@@ -317,52 +318,59 @@ def _epoch_of_datetime(value: Any, moment: dt.datetime) -> int | str:
     return seconds if not micro else f"{seconds}.{micro:06d}".rstrip("0")
 
 
-def transaction_id(stream: str, record: Mapping[str, Any], keys: Sequence[str]) -> str:
+def transaction_id(code: str, record: Mapping[str, Any], columns: Sequence[str]) -> str:
     """Derive a stable transaction id for an event record that has none.
 
-    The stream's key properties identify the row when the stream has them; otherwise
-    the whole record does. The stream name is part of the hash so that two tables with
-    overlapping row ids never collide. Same inputs give the same id in every process.
+    The id is a hash of the event's `code` and the named columns (the stream's key
+    properties, or the `transaction_id_columns` setting), names and values. Nothing else
+    enters it: adding a column or renaming the stream changes no id, and the same row gives
+    the same id in every run and process. The code keeps two tables with overlapping row
+    ids for different metrics apart.
 
     Args:
-        stream: Stream name (after stream maps).
+        code: The event's billable metric code.
         record: The record.
-        keys: The stream's key properties.
+        columns: The columns naming the row (at least one).
 
     Returns:
         "tl-" followed by 40 hex characters.
+
+    Raises:
+        RecordRejected: When a named column is missing or null.
     """
-    if keys and all(record.get(key) is not None for key in keys):
-        text = _keys_text(stream, record, keys)
-        if text is not None:
-            return "tl-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:40]
-        basis: dict[str, Any] = {"keys": {key: record[key] for key in keys}}
-    else:
-        basis = {"record": {k: v for k, v in record.items() if not k.startswith("_sdc_")}}
-    basis["stream"] = stream
-    text = json.dumps(plain(basis), sort_keys=True, separators=(",", ":"))
+    missing = [column for column in columns if _missing(record.get(column))]
+    if missing or not columns:
+        raise RecordRejected(
+            {column: ["value_is_mandatory"] for column in missing or ["transaction_id"]},
+            f"no transaction_id, and the columns that derive it ({', '.join(columns)}) "
+            f"are missing or empty: {', '.join(missing)}",
+        )
+    text = _keys_text(code, record, columns)
+    if text is None:
+        basis = {"code": code, "keys": {column: record[column] for column in columns}}
+        text = json.dumps(plain(basis), sort_keys=True, separators=(",", ":"))
     return "tl-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:40]
 
 
-def _keys_text(stream: str, record: Mapping[str, Any], keys: Sequence[str]) -> str | None:
+def _keys_text(code: str, record: Mapping[str, Any], columns: Sequence[str]) -> str | None:
     """The JSON text `transaction_id` hashes, written directly (None: use json.dumps).
 
     Equal to `json.dumps(basis, sort_keys=True, separators=(",", ":"))` when every key
     value is a string or an integer.
     """
-    if len(set(keys)) != len(keys):
-        return None  # a key named twice: json.dumps keeps it once
+    if len(set(columns)) != len(columns):
+        return None  # a column named twice: json.dumps keeps it once
     parts = []
-    for key in sorted(keys):
-        value = record[key]
+    for column in sorted(columns):
+        value = record[column]
         kind = type(value)
         if kind is str:
-            parts.append(f"{_quote(key)}:{_quote(value)}")
+            parts.append(f"{_quote(column)}:{_quote(value)}")
         elif kind is int:
-            parts.append(f"{_quote(key)}:{value}")
+            parts.append(f"{_quote(column)}:{value}")
         else:
             return None
-    return f'{{"keys":{{{",".join(parts)}}},"stream":{_quote(stream)}}}'
+    return f'{{"code":{_quote(code)},"keys":{{{",".join(parts)}}}}}'
 
 
 def _missing(value: Any) -> bool:
@@ -382,34 +390,41 @@ def _json_object(text: str) -> Any:
     return value if isinstance(value, dict) else text
 
 
-def event_payload(stream: str, record: Mapping[str, Any], keys: Sequence[str]) -> dict:
+def event_payload(record: Mapping[str, Any], id_columns: Sequence[str]) -> dict:
     """Build one element of `POST /events/batch` from a record.
 
     Args:
-        stream: Stream name, for the derived transaction id.
         record: The record (warehouse row or tap-lago event).
-        keys: The stream's key properties.
+        id_columns: The columns a missing `transaction_id` is derived from.
 
     Returns:
         The event body.
 
     Raises:
         RecordRejected: When `code`, `external_subscription_id` or `timestamp` is
-            missing, or the timestamp cannot be read.
+            missing, a value cannot be read, or Lago would store something else than
+            what was given (an invalid amount, NaN, nesting too deep).
     """
     details: dict[str, list[str]] = {}
     reasons: list[str] = []
     payload: dict[str, Any] = {}
-    for field in ("code", "external_subscription_id"):
-        if _missing(record.get(field)):
-            details[field] = ["value_is_mandatory"]
-            reasons.append(f"'{field}' is missing or empty")
+    for field in ("code", "external_subscription_id", "transaction_id"):
+        value = record.get(field)
+        if _missing(value):
+            if field != "transaction_id":
+                details[field] = ["value_is_mandatory"]
+                reasons.append(f"'{field}' is missing or empty")
+        elif type(value) is str or (type(value) is int):
+            payload[field] = str(value)
         else:
-            payload[field] = str(record[field])
-    if _missing(record.get("transaction_id")):
-        payload["transaction_id"] = transaction_id(stream, record, keys)
-    else:
-        payload["transaction_id"] = str(record["transaction_id"])
+            details[field] = ["invalid_type"]
+            reasons.append(f"'{field}' must be a string, got {type(value).__name__}")
+    if "transaction_id" not in payload and "code" in payload:
+        try:
+            payload["transaction_id"] = transaction_id(payload["code"], record, id_columns)
+        except RecordRejected as exc:
+            details.update(exc.details)
+            reasons.append(exc.message)
     if _missing(record.get("timestamp")):
         # Lago would use its receive time: a replay would then be a different event
         # for a ClickHouse event store, which deduplicates on (transaction_id, timestamp).
@@ -423,13 +438,20 @@ def event_payload(stream: str, record: Mapping[str, Any], keys: Sequence[str]) -
             reasons.append(f"'timestamp' {exc} (give ISO-8601, a date or epoch seconds)")
     amount = record.get("precise_total_amount_cents")
     if amount is not None:
-        payload["precise_total_amount_cents"] = str(amount)
+        try:
+            payload["precise_total_amount_cents"] = decimal_text(amount)
+        except ValueError as exc:
+            details["precise_total_amount_cents"] = ["value_is_invalid"]
+            reasons.append(f"'precise_total_amount_cents' {exc} (Lago would store 0)")
     properties = record.get("properties")
     if isinstance(properties, str):
         properties = _json_object(properties)
     if isinstance(properties, Mapping):
-        payload["properties"] = _jsonable(dict(properties))
+        problem = unsendable(properties, "properties")
+        if problem is None:
+            payload["properties"] = _jsonable(dict(properties))
     elif properties is not None:
+        problem = None
         details["properties"] = ["invalid_type"]
         reasons.append(
             f"'properties' must be an object or a JSON object string, "
@@ -437,16 +459,113 @@ def event_payload(stream: str, record: Mapping[str, Any], keys: Sequence[str]) -
         )
     else:
         # The other columns, made JSON-ready in the same pass (as `plain` would).
-        built = {
-            key: value if type(value) in _SCALARS else plain(value)
+        columns = {
+            key: value
             for key, value in record.items()
             if key not in _NOT_PROPERTIES and value is not None and not key.startswith("_sdc_")
         }
-        if built:
-            payload["properties"] = built
+        problem = unsendable(columns, "")
+        if problem is None and columns:
+            payload["properties"] = {
+                key: value if type(value) in _SCALARS else plain(value)
+                for key, value in columns.items()
+            }
+    if problem is not None:
+        details[problem[0]] = ["value_is_invalid"]
+        reasons.append(problem[1])
     if details:
         raise RecordRejected(details, "; ".join(reasons))
     return payload
+
+
+# Deepest nesting of objects and arrays a record value may have (Lago stores properties as
+# JSON; the limit keeps a pathological row from exhausting the interpreter's stack).
+MAX_DEPTH = 32
+
+
+def unsendable(value: Any, path: str, depth: int = 0) -> tuple[str, str] | None:
+    """The first value JSON cannot carry faithfully.
+
+    That is NaN or infinity, a lone surrogate, or nesting deeper than `MAX_DEPTH`.
+
+    Args:
+        value: A record value.
+        path: Its dotted path, for the message ("" for the record's top level).
+        depth: Its nesting depth.
+
+    Returns:
+        (field path, reason), or None when the value can be sent as it is.
+    """
+    kind = type(value)
+    if kind is dict or isinstance(value, Mapping):
+        if depth >= MAX_DEPTH:
+            return path, f"'{path}' is nested more than {MAX_DEPTH} levels deep"
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if type(key) is str and _has_surrogate(key):
+                return where, f"'{where}' has a key that is not valid Unicode (lone surrogate)"
+            kind = type(item)
+            if kind in (int, bool, type(None)) or (kind is str and item.isascii()):
+                continue
+            found = unsendable(item, where, depth + 1)
+            if found is not None:
+                return found
+        return None
+    if kind is str:
+        if _has_surrogate(value):
+            return path, f"'{path}' is not valid Unicode text (lone surrogate)"
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return path, f"'{path}' is {value}, which JSON cannot carry (it would arrive as null)"
+    if isinstance(value, decimal.Decimal) and not value.is_finite():
+        return path, f"'{path}' is {value}, which JSON cannot carry (it would arrive as null)"
+    if isinstance(value, (list, tuple)):
+        if depth >= MAX_DEPTH:
+            return path, f"'{path}' is nested more than {MAX_DEPTH} levels deep"
+        for index, item in enumerate(value):
+            found = unsendable(item, f"{path}[{index}]", depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+# Lago stores precise_total_amount_cents as DECIMAL(40, 15): 25 digits before the point.
+_MAX_AMOUNT = decimal.Decimal(10) ** 25
+
+
+def decimal_text(value: Any) -> str:
+    """An amount as the decimal string Lago reads exactly.
+
+    Raises:
+        ValueError: For anything Lago would silently store as 0 or could not hold: text
+            that is not a number, NaN, infinity, a boolean, or 10^25 and more.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, decimal.Decimal, str)):
+        raise ValueError(f"must be a number, got {type(value).__name__} {value!r}")
+    text = value.strip() if isinstance(value, str) else None
+    if text is not None and not _NUMERIC.match(text):
+        raise ValueError(f"{value!r} is not a decimal number")
+    if text is not None:
+        number = decimal.Decimal(text)
+    elif isinstance(value, float):
+        number = decimal.Decimal(repr(value))
+    else:
+        number = decimal.Decimal(value)
+    if not number.is_finite():
+        raise ValueError(f"{value!r} is not a finite number")
+    if abs(number) >= _MAX_AMOUNT:
+        raise ValueError(f"{value!r} is out of range (at most 25 digits before the point)")
+    return text if text is not None else format(number, "f")
 
 
 def customer_payload(record: Mapping[str, Any]) -> tuple[dict, list[str]]:
@@ -494,7 +613,14 @@ def customer_payload(record: Mapping[str, Any]) -> tuple[dict, list[str]]:
             for item in body["integration_customers"]
             if isinstance(item, Mapping)
         ]
+    _refuse_unsendable(body)
     return _jsonable(body), ignored
+
+
+def _refuse_unsendable(body: Mapping[str, Any]) -> None:
+    problem = unsendable(body, "")
+    if problem is not None:
+        raise RecordRejected({problem[0]: ["value_is_invalid"]}, problem[1])
 
 
 def _codes(items: Iterable[Any]) -> list[str]:
@@ -549,4 +675,5 @@ def subscription_payload(record: Mapping[str, Any]) -> tuple[dict, list[str]]:
         raise RecordRejected(details, "; ".join(reasons))
     for field in ("external_customer_id", "plan_code", "external_id"):
         body[field] = str(body[field])
+    _refuse_unsendable(body)
     return _jsonable(body), ignored

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 import json
+import re
 import typing as t
+import urllib.parse
 from collections import defaultdict
 from dataclasses import dataclass
 
 from singer_sdk.exceptions import InvalidRecord
 from singer_sdk.sinks import BatchSink
 
+from target_lago.client import encode
 from target_lago.mapping import (
     RecordRejected,
     RecordSkipped,
@@ -17,6 +22,7 @@ from target_lago.mapping import (
     event_payload,
     json_default,
     subscription_payload,
+    unsendable,
 )
 from target_lago.validation import RecordValidator
 
@@ -27,15 +33,26 @@ if t.TYPE_CHECKING:
 DRY_RUN_SHOWN = 5
 """Payloads printed per stream in a dry run."""
 ALREADY_EXISTS = {"transaction_id": ["value_already_exist"]}
+#: An acknowledged event without a lago_id comes from a ClickHouse event store, which
+#: answers a new event and a duplicate of a stored one alike.
+CLICKHOUSE_ACK = re.compile(rb'"lago_id"\s*:\s*null')
+#: Seconds of clock uncertainty when telling whether a stored event is this run's write
+#: (the Date header and `created_at` have whole seconds).
+CLOCK_SLACK = 2.0
+
+
+class StreamSetupError(Exception):
+    """A stream whose records cannot be written safely as declared (fatal at its SCHEMA)."""
 
 
 @dataclass
 class Item:
-    """A record and the body built from it."""
+    """A record, the body built from it and that body as JSON."""
 
     record: dict
     payload: dict
     key: str
+    data: bytes = b""
 
 
 class LagoSink(BatchSink):
@@ -114,6 +131,11 @@ class LagoSink(BatchSink):
                     {field: ["schema_validation"]},
                     f"does not match the stream's schema: {exc.error_message}",
                 )
+            except RecursionError:
+                self._problem = (
+                    {"record": ["value_is_invalid"]},
+                    "is nested too deeply to be checked against the stream's schema",
+                )
         # Timestamps are read by the mapping (any accepted form), never by the SDK,
         # so an unparseable one rejects its record instead of stopping the run.
         return record
@@ -138,12 +160,15 @@ class LagoSink(BatchSink):
             if self._problem is not None:
                 raise RecordRejected(*self._problem)
             payload, key = self.build(record)
+            item = Item(record, payload, key, _encode(payload))
         except RecordRejected as exc:
             self.reject(record, None, "invalid_record", exc.details, exc.message)
             return
         except RecordSkipped as exc:
             self.stats.add("skipped")
             self.logger.info("Skipped a record of stream '%s': %s", self.stream_name, exc)
+            return
+        if not self.admit(item):
             return
         if self.lago.dry_run:
             self.stats.add("delivered")
@@ -155,7 +180,11 @@ class LagoSink(BatchSink):
                     json.dumps({self.root_key: payload}, default=json_default),
                 )
             return
-        context.setdefault("records", []).append(Item(record, payload, key))
+        context.setdefault("records", []).append(item)
+
+    def admit(self, item: Item) -> bool:
+        """Whether a mapped record goes on to Lago (False: it was settled here)."""
+        return True
 
     def warn_ignored(self, columns: list[str]) -> None:
         """Warn once per stream about columns Lago's write endpoint does not take."""
@@ -175,6 +204,8 @@ class LagoSink(BatchSink):
         code: str | None,
         details: t.Any,
         message: str,
+        *,
+        payload: dict | None = None,
     ) -> None:
         """Dead-letter one record.
 
@@ -184,6 +215,7 @@ class LagoSink(BatchSink):
             code: Lago's error code.
             details: Lago's error details.
             message: Reason naming the field.
+            payload: The body built from the record, when there is one.
         """
         self.lago.report.reject(
             self.stats,
@@ -192,6 +224,8 @@ class LagoSink(BatchSink):
             error_code=code,
             details=details,
             message=message,
+            key_properties=list(self.key_properties or []),
+            transaction_id=(payload or {}).get("transaction_id"),
         )
 
     def reject_response(self, item: Item, response: LagoResponse, details: t.Any) -> None:
@@ -203,6 +237,7 @@ class LagoSink(BatchSink):
             details,
             f"Lago refused {item.key}: HTTP {response.status} {response.error_code} "
             f"{json.dumps(details, default=json_default)}",
+            payload=item.payload,
         )
 
     def process_batch(self, context: dict) -> None:
@@ -244,7 +279,8 @@ class _OneByOneSink(LagoSink):
 
     def _deliver_group(self, group: list[Item]) -> None:
         for item in group:
-            response = self.lago.client.post(self.endpoint, {self.root_key: item.payload})
+            body = b'{"' + self.root_key.encode() + b'":' + item.data + b"}"
+            response = self.lago.client.post(self.endpoint, body)
             if response.ok:
                 self.settle_ok(item, response)
             else:
@@ -303,6 +339,42 @@ class SubscriptionsSink(_OneByOneSink):
             self.stats.add("delivered")
 
 
+class _SeenEvents:
+    """Fingerprints of the events of a run, by (subscription, transaction id).
+
+    Bounded: two generations of `limit / 2` fingerprints each (about 100 bytes an event),
+    and the JSON of the newest `kept` events, to show an earlier value in a message.
+    """
+
+    def __init__(self, limit: int = 1_000_000, kept: int = 50_000) -> None:
+        self._half = max(1, limit // 2)
+        self._kept_half = max(1, kept // 2)
+        self._new: dict[int, int] = {}
+        self._old: dict[int, int] = {}
+        self._data_new: dict[int, bytes] = {}
+        self._data_old: dict[int, bytes] = {}
+
+    def conflict(self, item: Item) -> tuple[bool, bytes | None]:
+        """Remember an event; (True, earlier JSON or None) when its key came with other content."""
+        payload = item.payload
+        key = hash((payload.get("external_subscription_id"), payload["transaction_id"]))
+        fingerprint = hash(item.data)
+        earlier = self._new.get(key)
+        if earlier is None:
+            earlier = self._old.get(key)
+        if earlier is not None:
+            if earlier == fingerprint:
+                return False, None
+            return True, self._data_new.get(key) or self._data_old.get(key)
+        if len(self._new) >= self._half:
+            self._old, self._new = self._new, {}
+        self._new[key] = fingerprint
+        if len(self._data_new) >= self._kept_half:
+            self._data_old, self._data_new = self._data_new, {}
+        self._data_new[key] = item.data
+        return False, None
+
+
 class EventsSink(LagoSink):
     """`POST /events/batch`: at most 100 events, settled index by index on a 422."""
 
@@ -312,10 +384,58 @@ class EventsSink(LagoSink):
     rank = 2
     self_parsed = ("timestamp", "properties")
 
+    def __init__(
+        self,
+        target: TargetLago,
+        stream_name: str,
+        schema: dict,
+        key_properties: t.Sequence[str] | None,
+    ) -> None:
+        """Create the sink; refuse a stream whose rows would get no stable transaction id.
+
+        Raises:
+            StreamSetupError: When the stream has no `transaction_id` column, no key
+                properties and no `transaction_id_columns` entry.
+        """
+        super().__init__(target, stream_name, schema, key_properties)
+        named = target.transaction_id_columns(stream_name)
+        self.id_columns: list[str] = list(named if named is not None else key_properties or [])
+        if not self.id_columns and "transaction_id" not in (schema.get("properties") or {}):
+            msg = (
+                f"Stream '{stream_name}' has no transaction_id column and no key properties, "
+                "so its rows cannot get stable transaction ids (a replay would bill them "
+                "twice). Add a transaction_id column, declare the stream's key properties "
+                "upstream, or name the columns that identify a row in the "
+                f'transaction_id_columns setting, e.g. {{"{stream_name}": ["id"]}}.'
+            )
+            raise StreamSetupError(msg)
+        self.verify = bool(self.config.get("verify_duplicates", False))
+        self._seen = _SeenEvents()
+
     def build(self, record: dict) -> tuple[dict, str]:
         """Map a record to an event body."""
-        payload = event_payload(self.stream_name, record, self.key_properties)
+        payload = event_payload(record, self.id_columns)
         return payload, f"event {payload['transaction_id']!r}"
+
+    def admit(self, item: Item) -> bool:
+        """Dead-letter a second record of one event key with other content."""
+        conflict, earlier = self._seen.conflict(item)
+        if not conflict:
+            return True
+        before = earlier.decode() if earlier is not None else "(no longer in memory)"
+        self.reject(
+            item.record,
+            None,
+            "conflicting_duplicate",
+            {"transaction_id": ["conflicting_duplicate"]},
+            f"{item.key} of subscription "
+            f"{item.payload.get('external_subscription_id')!r} came earlier in this run "
+            f"with other content: earlier {before}; this record {item.data.decode()}. "
+            "Lago keeps one event per transaction_id: give this row its own "
+            "transaction_id, or fix the duplicate upstream.",
+            payload=item.payload,
+        )
+        return False
 
     @property
     def max_size(self) -> int:
@@ -358,11 +478,12 @@ class EventsSink(LagoSink):
         pending = items
         # Every 422 answer settles at least one index, so len(items) + 1 posts suffice.
         for _ in range(len(items) + 1):
-            response = self.lago.client.post(
-                self.endpoint, {"events": [item.payload for item in pending]}
-            )
+            body = b'{"events":[' + b",".join(item.data for item in pending) + b"]}"
+            response = self.lago.client.post(self.endpoint, body)
             if response.ok:
-                self.stats.add("delivered", len(pending))
+                # A ClickHouse store answers a new event and a stored one alike.
+                unverified = CLICKHOUSE_ACK.search(response.content) is not None
+                self.stats.add("accepted_unverified" if unverified else "delivered", len(pending))
                 return
             details = response.error_details
             by_index = (
@@ -376,17 +497,162 @@ class EventsSink(LagoSink):
                     self.reject_response(item, response, details or response.body)
                 return
             retry: list[Item] = []
+            stored: list[Item] = []
             for index, item in enumerate(pending):
                 errors = details.get(str(index))
                 if errors is None:
                     retry.append(item)
                 elif errors == ALREADY_EXISTS:
-                    # After a lost response, the earlier attempt is what stored it.
-                    self.stats.add("delivered" if response.replayed else "already_present")
+                    stored.append(item)
                 else:
                     self.reject_response(item, response, errors)
+            if stored:
+                self._settle_stored(stored, response, everything=len(stored) == len(pending))
             if not retry:
                 return
             pending = retry
         msg = f"events batch of stream '{self.stream_name}' did not settle"
         raise RuntimeError(msg)
+
+    def _settle_stored(self, items: list[Item], response: LagoResponse, everything: bool) -> None:
+        """Count events Lago already holds: stored earlier, or by this very request.
+
+        A batch is atomic, so an earlier attempt whose answer was lost stored either all
+        of its events or none: only when every event is reported as existing can the
+        earlier attempt be the writer, and one stored event tells which.
+        """
+        ours: bool | None = False
+        if response.replayed and everything:
+            found = self.stored_event(items[0])
+            ours = found is not None and _created_since(found, response.server_sent_at)
+        for item in items:
+            if self.verify:
+                found = self.stored_event(item)
+                if found is not None and not same_event(found, item.payload):
+                    self.reject_conflict(item, found)
+                    continue
+            self.stats.add("delivered" if ours else "already_present")
+
+    def stored_event(self, item: Item) -> dict | None:
+        """The event Lago holds for this item's subscription and transaction id (a GET)."""
+        payload = item.payload
+        tid = payload["transaction_id"]
+        sub = payload.get("external_subscription_id")
+        client = self.lago.client
+        response = client.get(f"/events/{urllib.parse.quote(tid, safe='')}")
+        event = (response.body or {}).get("event") if response.ok else None
+        if isinstance(event, dict) and event.get("external_subscription_id") == sub:
+            return event
+        # Another subscription's event with this id: look at this subscription's events
+        # at this very time.
+        moment = _moment(payload.get("timestamp"))
+        if moment is None or sub is None:
+            return None
+        params = {
+            "external_subscription_id": sub,
+            "code": str(payload.get("code")),
+            "timestamp_from": _iso(moment),
+            "timestamp_to": _iso(moment + decimal.Decimal("0.001")),
+            "per_page": "100",
+        }
+        listed = client.get("/events", params)
+        events = (listed.body or {}).get("events") if listed.ok else None
+        for candidate in events or []:
+            if isinstance(candidate, dict) and candidate.get("transaction_id") == tid:
+                return candidate
+        return None
+
+    def reject_conflict(self, item: Item, stored: dict) -> None:
+        """Dead-letter an event whose transaction id Lago holds with other content."""
+        self.reject(
+            item.record,
+            422,
+            "conflicting_duplicate",
+            {"transaction_id": ["conflicting_duplicate"], "stored": stored},
+            f"{item.key} of subscription {item.payload.get('external_subscription_id')!r} "
+            f"is stored in Lago with other content: stored "
+            f"{json.dumps(_comparable_stored(stored), default=json_default, sort_keys=True)}; "
+            f"this record {item.data.decode()}. Lago keeps the stored one: give this row "
+            "its own transaction_id, or fix it upstream.",
+            payload=item.payload,
+        )
+
+
+def _encode(payload: dict) -> bytes:
+    """The JSON of a body; a value JSON cannot carry rejects the record."""
+    try:
+        return encode(payload)
+    except UnicodeEncodeError:
+        problem = unsendable(payload, "") or ("record", "a value is not valid Unicode text")
+        raise RecordRejected({problem[0]: ["value_is_invalid"]}, problem[1]) from None
+
+
+def _moment(value: t.Any) -> decimal.Decimal | None:
+    """Epoch seconds of a sent or stored timestamp."""
+    if value is None:
+        return None
+    if isinstance(value, str) and not value.replace(".", "", 1).isdigit():
+        try:
+            parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=dt.timezone.utc)
+        return decimal.Decimal(str(parsed.timestamp()))
+    try:
+        return decimal.Decimal(str(value))
+    except decimal.InvalidOperation:
+        return None
+
+
+def _iso(seconds: decimal.Decimal) -> str:
+    moment = dt.datetime.fromtimestamp(float(seconds), tz=dt.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _created_since(event: dict, since: float) -> bool:
+    """Whether Lago stored the event at or after `since` (server clock, give or take)."""
+    created = _moment(event.get("created_at"))
+    return created is not None and float(created) >= since - CLOCK_SLACK
+
+
+def _number_or_text(value: t.Any) -> t.Any:
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float, decimal.Decimal)):
+        return decimal.Decimal(str(value)).normalize()
+    if isinstance(value, dict):
+        return {str(k): _number_or_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_number_or_text(v) for v in value]
+    return value
+
+
+def _comparable_stored(event: dict) -> dict:
+    return {
+        key: event.get(key)
+        for key in ("code", "timestamp", "properties", "precise_total_amount_cents")
+    }
+
+
+def same_event(stored: dict, sent: dict) -> bool:
+    """Whether a stored event has the content of a sent body (code, time, properties, amount).
+
+    Times are compared to the millisecond (what Lago returns), numbers by value.
+    """
+    if stored.get("code") != sent.get("code"):
+        return False
+    stored_at, sent_at = _moment(stored.get("timestamp")), _moment(sent.get("timestamp"))
+    if stored_at is None or sent_at is None:
+        return False
+    if abs(stored_at - sent_at) >= decimal.Decimal("0.001"):
+        return False
+    if _number_or_text(stored.get("properties") or {}) != _number_or_text(
+        sent.get("properties") or {}
+    ):
+        return False
+    stored_amount = stored.get("precise_total_amount_cents")
+    sent_amount = sent.get("precise_total_amount_cents")
+    if stored_amount is None or sent_amount is None:
+        return stored_amount is None and sent_amount is None
+    return decimal.Decimal(str(stored_amount)) == decimal.Decimal(str(sent_amount))

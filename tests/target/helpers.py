@@ -163,9 +163,21 @@ def dead_letters(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
+CHECK_BODY = b'{"events":[]}'  # target-lago's start-up check of the events endpoint
+
+
+def is_check(request: dict[str, Any]) -> bool:
+    """Whether a logged request is the target's start-up check of the events endpoint."""
+    return request["path"].endswith("/events/batch") and request["body_size"] == len(CHECK_BODY)
+
+
 def posts(lago: Sandbox) -> list[dict[str, Any]]:
-    """POST requests the sandbox received under /api/v1, in arrival order."""
-    return [r for r in lago.requests() if r["method"] == "POST" and "/api/v1/" in r["path"]]
+    """POST requests the sandbox received under /api/v1, in arrival order (no checks)."""
+    return [
+        r
+        for r in lago.requests()
+        if r["method"] == "POST" and "/api/v1/" in r["path"] and not is_check(r)
+    ]
 
 
 def subscriptions_for(lago: Sandbox, customers: list[str], plan_code: str) -> list[str]:

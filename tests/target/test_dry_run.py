@@ -59,7 +59,7 @@ def test_dry_run_cli_exit_status_follows_rejections(
 ) -> None:
     strict = run_cli(tmp_path, {**config, "dry_run": True}, messages(plan["code"], metric_code))
     assert strict.returncode == 1
-    assert "1 record(s) rejected" in strict.stderr
+    assert "1 record(s) would be rejected" in strict.stderr
     lenient = run_cli(
         tmp_path,
         {**config, "dry_run": True, "allow_rejections": True},

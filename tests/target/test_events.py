@@ -16,6 +16,7 @@ from tests.target.helpers import (
     events_messages,
     posts,
     record,
+    run_cli,
     run_target,
     schema,
     subscriptions_for,
@@ -30,7 +31,7 @@ def stored_events(lago: Sandbox) -> list[dict[str, Any]]:
 
 
 def expected_id(row: dict[str, Any]) -> str:
-    return row.get("transaction_id") or transaction_id("events", row, ["id"])
+    return row.get("transaction_id") or transaction_id(row["code"], row, ["id"])
 
 
 def test_ten_thousand_events_sent_three_times_under_faults_are_stored_once(
@@ -239,16 +240,46 @@ def test_properties_are_kept_or_built_and_read_only_fields_dropped(
     assert copied["timestamp"].startswith("2025-01-01T00:00:01.5")
 
 
-def test_the_same_row_makes_the_same_event_in_every_run(
+def test_the_same_row_makes_the_same_event_whatever_its_other_columns_and_stream_name(
     lago: Sandbox, config: dict, metric_code: str
 ) -> None:
+    rows = usage_rows(500, ["sub_a", "sub_b"], metric_code)
+    first = run_target(config, events_messages(rows))
+    assert first.error is None
+    assert first.counts["events"]["delivered"] == 500
+    # A column added upstream, then the stream renamed: the ids come from `code` and the
+    # key columns only, so nothing is sent again as a new event.
+    loaded = [{**row, "loaded_at": "2026-11-29T10:00:00Z"} for row in rows]
+    props = {**EVENT_PROPS, "loaded_at": {"type": "string"}}
+    for stream in ("events", "billing-usage"):
+        messages = [schema(stream, props, ["id"]), *(record(stream, r) for r in loaded)]
+        run = run_target({**config, "stream_actions": {"billing-*": "events"}}, messages)
+        assert run.error is None
+        assert run.counts[stream]["delivered"] == 0
+        assert run.counts[stream]["already_present"] == 500
+    assert len(stored_events(lago)) == 500
+
+
+def test_a_stream_without_transaction_id_or_key_columns_is_refused_at_its_schema(
+    lago: Sandbox, config: dict, metric_code: str, tmp_path: Path
+) -> None:
     rows = usage_rows(5, ["sub_a"], metric_code)
-    no_keys = [schema("usage", EVENT_PROPS), *(record("usage", r) for r in rows)]
+    props = {k: v for k, v in EVENT_PROPS.items() if k != "transaction_id"}
+    messages = [schema("usage", props), *(record("usage", r) for r in rows)]
     cfg = {**config, "stream_actions": {"usage": "events"}}
-    for _ in range(2):
-        assert run_target(cfg, no_keys).error is None  # keyless: the whole row is hashed
-        assert run_target(config, events_messages(rows)).error is None
-    assert len(stored_events(lago)) == 10
+    refused = run_cli(tmp_path, cfg, messages)
+    assert refused.returncode == 1
+    assert "Traceback" not in refused.stderr
+    assert "Stream 'usage' has no transaction_id column and no key properties" in (
+        refused.stderr
+    )
+    assert 'transaction_id_columns setting, e.g. {"usage": ["id"]}' in refused.stderr
+    assert stored_events(lago) == []
+    # Named columns make it work, and give the same ids as key properties would.
+    named = run_target({**cfg, "transaction_id_columns": {"us*": ["id"]}}, messages)
+    assert named.error is None
+    assert named.counts["usage"]["delivered"] == 5
+    assert {e["transaction_id"] for e in stored_events(lago)} == {expected_id(r) for r in rows}
 
 
 def test_properties_typed_as_text_by_stream_maps_are_read_as_json_objects(

@@ -21,7 +21,7 @@ import pendulum
 import pytest
 from singer_sdk.exceptions import InvalidRecord
 from singer_sdk.sinks.core import JSONSchemaValidator
-from target_lago.client import LagoClient, LagoUnavailableError
+from target_lago.client import LagoClient, LagoEndpointError
 from target_lago.inflight import InFlight
 from target_lago.mapping import to_epoch, transaction_id
 from target_lago.target import RecordsRejectedError, TargetLago
@@ -180,15 +180,18 @@ def test_impossible_timestamps_are_still_refused(text: str) -> None:
 
 
 def test_derived_transaction_ids_never_change_between_versions() -> None:
-    # Pinned from the first release: a changed id would store a replayed row twice.
-    assert transaction_id("events", {"id": 1}, ["id"]) == (
-        "tl-22b849d0da6a0f069ae08dfbdbd45477dc32637a"
+    # Pinned since ids stopped depending on the stream name (0.2): a changed id would
+    # store a replayed row twice.
+    assert transaction_id("api_calls", {"id": 1}, ["id"]) == (
+        "tl-eff5d87cacf3edc3eb7d1fae676df8fd9a5c6272"
     )
-    assert transaction_id("usage", {"id": "row-\u00e9-7", "day": "2025-01-01"}, ["id", "day"]) == (
-        "tl-cd3d42c48b9c7f7fba6b54b8342d8f1ccb9044f5"
+    row = {"id": "row-\u00e9-7", "day": "2025-01-01", "loaded_at": "2026-01-01"}
+    assert transaction_id("storage", row, ["id", "day"]) == (
+        "tl-bb44ad165440d0a07f50bf335c7f0bfc281d1195"
     )
-    assert transaction_id("events", {"code": "c", "units": 3}, []) == (
-        "tl-f9e340e49ac9fc893d4f23f3596409fa89926332"
+    # Values other than strings and integers take the general path.
+    assert transaction_id("api_calls", {"id": 1.5}, ["id"]) == (
+        "tl-5568a9a9088ff65fae6011c849c6bdc654cb6546"
     )
 
 
@@ -281,7 +284,7 @@ def test_eight_requests_in_flight_under_faults_store_each_event_exactly_once(
     events = lago.dump()["events"]
     assert len(events) == 6_000
     assert {e["transaction_id"] for e in events} == {
-        transaction_id("events", r, ["id"]) for r in rows
+        transaction_id(r["code"], r, ["id"]) for r in rows
     }
     assert run.states[-1] == {"rows": 6_000}
     assert not Path(config["dead_letter_path"]).exists()
@@ -366,7 +369,7 @@ def test_a_proxy_from_the_environment_is_honoured(
 
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
     proxied = LagoClient(lago.url, lago.api_key, timeout=5, max_retries=0)
-    with pytest.raises(LagoUnavailableError, match="ProxyError"):
+    with pytest.raises(LagoEndpointError, match="ProxyError"):
         proxied.post("/events/batch", {"events": [{"transaction_id": "q", "code": "c"}]})
     proxied.stop()
     monkeypatch.delenv("HTTP_PROXY")  # the sandbox's own helpers go direct again

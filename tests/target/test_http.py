@@ -38,7 +38,8 @@ def test_rate_limited_request_waits_what_lago_asks_then_succeeds(
     lago: Sandbox, config: dict, metric_code: str, waits: list[float], case: tuple[dict, float]
 ) -> None:
     rule, announced = case
-    lago.set_faults([{"path": BATCH, "fault": "rate_limit", "count": 1, **rule}])
+    # after 1: the start-up check (an empty batch) goes through first.
+    lago.set_faults([{"path": BATCH, "fault": "rate_limit", "count": 1, "after": 1, **rule}])
     run = run_target(config, events_messages(usage_rows(5, ["sub_a"], metric_code)))
     assert run.error is None
     assert len(waits) == 1
