@@ -36,9 +36,9 @@ ALREADY_EXISTS = {"transaction_id": ["value_already_exist"]}
 #: An acknowledged event without a lago_id comes from a ClickHouse event store, which
 #: answers a new event and a duplicate of a stored one alike.
 CLICKHOUSE_ACK = re.compile(rb'"lago_id"\s*:\s*null')
-#: Seconds of clock uncertainty when telling whether a stored event is this run's write
-#: (the Date header and `created_at` have whole seconds).
-CLOCK_SLACK = 2.0
+#: Seconds of clock uncertainty when telling whether a stored event is this request's
+#: write: `created_at` and the Date header both have whole seconds.
+CLOCK_SLACK = 1.0
 
 
 class StreamSetupError(Exception):

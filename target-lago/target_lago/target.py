@@ -73,11 +73,10 @@ class LineReader(SingerReader):
             The message.
         """
         try:
-            return t.cast("dict", self.decoder.decode(line))
-        except msgspec.DecodeError:
-            pass
-        try:
-            return super().deserialize_json(line)
+            try:
+                return t.cast("dict", self.decoder.decode(line))
+            except msgspec.DecodeError:
+                return super().deserialize_json(line)
         except RecursionError:
             found = _STREAM_NAME.search(line)
             if found is None or '"RECORD"' not in line or self.on_unreadable is None:
@@ -510,6 +509,9 @@ class TargetLago(Target):
         """
         try:
             super().invoke(*args, **kwargs)
+        except ConfigValidationError as exc:
+            cls.logger.error("Invalid settings: %s", "; ".join(exc.errors) or exc)
+            sys.exit(1)
         except (LagoError, StreamRoutingError, StreamSetupError, RecordsRejectedError) as exc:
             cls.logger.error("%s", exc)
             sys.exit(1)

@@ -39,6 +39,7 @@ def test_dry_run_sends_nothing_and_reports_payloads_and_rejections(
     assert isinstance(run.error, RecordsRejectedError)
     assert run.counts["events"] == {
         "received": 12, "delivered": 11, "already_present": 0, "rejected": 1, "skipped": 0,
+        "accepted_unverified": 0,
     }  # fmt: skip
     assert run.counts["customers"]["delivered"] == 1
     assert run.counts["subscriptions"]["delivered"] == 1

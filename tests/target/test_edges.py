@@ -1,0 +1,332 @@
+"""The edges of the Singer protocol: STATE, misconfiguration, conflicts, bad values, the key.
+
+Each test names a way target-lago once lost or miscounted data silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from target_lago.target import RecordsRejectedError, TargetLago
+
+from tests.lago_sandbox import Sandbox
+from tests.target.conftest import both_event_stores
+from tests.target.helpers import (
+    EVENT_PROPS,
+    cli_command,
+    cli_env,
+    dead_letters,
+    events_messages,
+    record,
+    run_cli,
+    run_target,
+    schema,
+    state,
+    usage_rows,
+    write_config,
+)
+
+BATCH = "/api/v1/events/batch"
+
+
+def with_states(rows: list[dict[str, Any]], every: int) -> list[dict]:
+    """An events stream with a STATE after every `every` rows (the last row's id)."""
+    messages: list[dict] = [events_messages([])[0]]
+    for n, row in enumerate(rows, start=1):
+        messages.append(record("events", row))
+        if n % every == 0:
+            messages.append(state({"last_id": row["id"]}))
+    return messages
+
+
+# STATE ------------------------------------------------------------------------------------
+
+
+def test_a_dry_run_emits_no_state_and_its_last_line_says_so(
+    lago: Sandbox, config: dict, metric_code: str, tmp_path: Path
+) -> None:
+    rows = usage_rows(300, ["sub_a"], metric_code)
+    done = run_cli(tmp_path, {**config, "dry_run": True}, with_states(rows, 100))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == ""  # no STATE for the orchestrator to store
+    last = done.stderr.strip().splitlines()[-1]
+    assert "dry run: nothing was sent to Lago and no STATE was emitted" in last
+    assert lago.requests() == []
+
+
+def test_a_rejected_record_holds_back_every_later_state(
+    lago: Sandbox, config: dict, metric_code: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Drain (and so offer STATE) after every record, as a long run does every 5 minutes.
+    monkeypatch.setattr(TargetLago, "_MAX_RECORD_AGE_IN_MINUTES", -1.0)
+    rows = usage_rows(300, ["sub_a"], metric_code)
+    rows[150]["timestamp"] = "not a time"
+    strict = run_target(config, with_states(rows, 100))
+    assert isinstance(strict.error, RecordsRejectedError)
+    assert "no STATE was emitted after the first rejected record" in str(strict.error)
+    assert strict.states[-1] == {"last_id": 99}  # the STATE before the bad row only
+    assert {"last_id": 199} not in strict.states
+    assert strict.counts["events"]["delivered"] == 299  # the good rows still land
+
+    lenient = run_target({**config, "allow_rejections": True}, with_states(rows, 100))
+    assert lenient.error is None
+    assert lenient.states[-1] == {"last_id": 299}  # the dead letter is the record's copy
+    assert lenient.counts["events"]["already_present"] == 299
+
+
+# Misconfiguration --------------------------------------------------------------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("{base}", "api_url must be the API root ending in /api/v1"),
+        ("{base}/v1", "api_url must be the API root ending in /api/v1"),
+        ("127.0.0.1:8080/api/v1", "api_url must start with https://"),
+        ("{base}/lago/api/v1", "Lago has no endpoint POST {base}/lago/api/v1/events/batch"),
+        ("http://127.0.0.1:{closed}/api/v1", "the connection was refused"),
+        ("https://127.0.0.1:{port}/api/v1", "the TLS handshake failed"),
+        ("http://no-such-host.invalid/api/v1", "the host name does not resolve"),
+    ],
+    ids=["no-api-v1", "half-path", "no-scheme", "wrong-prefix", "closed-port", "tls", "dns"],
+)
+def test_a_wrong_api_url_is_one_line_and_no_dead_letter(  # noqa: PLR0917
+    lago: Sandbox, config: dict, metric_code: str, tmp_path: Path, url: str, expected: str
+) -> None:
+    port = lago.base_url.rsplit(":", 1)[1]
+    fill = {"base": lago.base_url, "closed": closed_port(), "port": port}
+    rows = usage_rows(1000, ["sub_a"], metric_code)
+    # Default retries (8): a wrong address must not be retried for a minute.
+    cfg = {k: v for k, v in config.items() if k != "max_retries"}
+    done = run_cli(
+        tmp_path, {**cfg, "api_url": url.format(**fill)}, with_states(rows, 500), timeout=30
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""  # no STATE
+    assert expected.format(**fill) in done.stderr
+    assert "api_url" in done.stderr
+    errors = [line for line in done.stderr.splitlines() if "ERROR" in line or "CRITICAL" in line]
+    assert len(errors) == 1, errors
+    assert "Traceback" not in done.stderr
+    assert "retry" not in done.stderr
+    assert not Path(config["dead_letter_path"]).exists()
+    assert lago.dump()["events"] == []
+
+
+def test_a_404_on_the_endpoint_mid_run_stops_without_dead_letters(
+    lago: Sandbox, config: dict, metric_code: str
+) -> None:
+    # A gateway that lost its route after the start-up check: every batch would be a 404.
+    lago.set_faults([{"path": BATCH, "fault": "error", "status": 404, "after": 1}])
+    run = run_target(config, with_states(usage_rows(500, ["sub_a"], metric_code), 100))
+    assert "Lago has no endpoint POST" in str(run.error)
+    assert run.states == []
+    assert dead_letters(config["dead_letter_path"]) == []
+
+
+def test_an_api_key_ending_in_a_newline_appears_in_no_output(
+    lago: Sandbox, config: dict, metric_code: str, tmp_path: Path
+) -> None:
+    secret = f"{lago.api_key}\n"
+    rows = usage_rows(20, ["sub_a"], metric_code)
+    env = {**cli_env(), "LOGLEVEL": "DEBUG"}
+    good = subprocess.run(
+        cli_command(write_config(tmp_path, {**config, "api_key": secret})),
+        input="".join(json.dumps(m) + "\n" for m in with_states(rows, 10)),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert good.returncode == 0, good.stderr[-2000:]
+    assert len(lago.dump()["events"]) == 20  # trimmed, the key works
+    wrong = "sk-wrong-0b9e41\n"
+    bad = subprocess.run(
+        cli_command(write_config(tmp_path, {**config, "api_key": wrong})),
+        input="".join(json.dumps(m) + "\n" for m in with_states(rows, 10)),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 1
+    assert "HTTP 401" in bad.stderr
+    inner = subprocess.run(
+        cli_command(write_config(tmp_path, {**config, "api_key": "sk-in\nsidekey9"})),
+        input="",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert inner.returncode != 0
+    assert "api_key contains a line break" in inner.stderr
+    for done in (good, bad, inner):
+        text = done.stdout + done.stderr
+        assert "DEBUG" in done.stderr or done is inner  # the runs logged at DEBUG level
+        for fragment in (lago.api_key, "sk-wrong-0b9e41", "sk-in", "sidekey9"):
+            assert fragment not in text
+
+
+# Conflicting duplicates --------------------------------------------------------------------
+
+
+@both_event_stores
+def test_a_conflicting_duplicate_in_one_run_is_dead_lettered_with_both_values(
+    lago: Sandbox, config: dict, metric_code: str, event_store: str
+) -> None:
+    props = {**EVENT_PROPS, "transaction_id": {"type": "string"}, "properties": {}}
+    first = {"id": 1, "transaction_id": "inv-7", "code": metric_code,
+             "external_subscription_id": "sub_a", "timestamp": 1_735_689_600,
+             "properties": {"units": 5}}
+    same = {**first, "id": 2}  # the same event again: not a conflict
+    other_time = {**first, "id": 3, "timestamp": 1_735_689_660}
+    other_units = {**first, "id": 4, "properties": {"units": 50}}
+    rows = [first, same, other_time, other_units]  # fmt: skip
+    messages = [schema("events", props, ["id"]), *(record("events", r) for r in rows)]
+    run = run_target(config, messages)
+    assert isinstance(run.error, RecordsRejectedError)
+    letters = dead_letters(config["dead_letter_path"])
+    assert [d["record"]["id"] for d in letters] == [3, 4]
+    assert {d["error_code"] for d in letters} == {"conflicting_duplicate"}
+    assert all(d["transaction_id"] == "inv-7" for d in letters)
+    message = letters[1]["message"]
+    assert '"units":5' in message
+    assert '"units":50' in message
+    events = lago.dump()["events"]
+    assert [(e["timestamp"], e["properties"]) for e in events] == [
+        ("2025-01-01T00:00:00.000Z", {"units": 5})
+    ]  # billed once, with the first value
+
+
+def test_verify_duplicates_finds_a_conflict_with_an_earlier_run(
+    lago: Sandbox, config: dict, metric_code: str
+) -> None:
+    rows = usage_rows(50, ["sub_a"], metric_code)
+    assert run_target(config, events_messages(rows)).error is None
+    changed = [dict(r) for r in rows]
+    changed[7]["units"] = 999  # the warehouse row changed after it was billed
+    plain = run_target(config, events_messages(changed))
+    assert plain.error is None  # Lago keeps the stored event: counted as already present
+    assert plain.counts["events"]["already_present"] == 50
+
+    checked = run_target({**config, "verify_duplicates": True}, events_messages(changed))
+    assert isinstance(checked.error, RecordsRejectedError)
+    assert checked.counts["events"]["already_present"] == 49
+    [letter] = dead_letters(config["dead_letter_path"])
+    assert (letter["error_code"], letter["record"]["id"]) == ("conflicting_duplicate", 7)
+    assert '"units": 8' in letter["message"]  # the stored value
+    assert '"units":999' in letter["message"]  # this record's value
+    reads = [r for r in lago.requests() if r["method"] == "GET" and "/events/" in r["path"]]
+    assert len(reads) == 50  # one GET per reported duplicate, in the verified run only
+
+
+# Bad values ----------------------------------------------------------------------------------
+
+
+BAD_VALUES = {
+    "nan": ('"units": NaN', "units"),
+    "infinity": ('"units": -Infinity', "units"),
+    "surrogate": ('"region": "\\udc80"', "region"),
+    "deep": ('"tags": ' + "[" * 2000 + "]" * 2000, None),
+    "deep-object": ('"tags": ' + '{"a":' * 40 + "1" + "}" * 40, "tags.a.a.a"),
+    "decimal-comma": ('"precise_total_amount_cents": "12,50"', "precise_total_amount_cents"),
+    "decimal-text": ('"precise_total_amount_cents": "abc"', "precise_total_amount_cents"),
+    "decimal-nan": ('"precise_total_amount_cents": "NaN"', "precise_total_amount_cents"),
+    "decimal-empty": ('"precise_total_amount_cents": ""', "precise_total_amount_cents"),
+    "decimal-bool": ('"precise_total_amount_cents": true', "precise_total_amount_cents"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_VALUES))
+def test_a_bad_value_rejects_its_own_record_and_the_other_999_land(
+    lago: Sandbox, config: dict, metric_code: str, tmp_path: Path, kind: str
+) -> None:
+    rows = usage_rows(1000, ["sub_a", "sub_b"], metric_code)
+    lines = [json.dumps(m) for m in with_states(rows, 250)]
+    bad_index = next(i for i, line in enumerate(lines) if '"id": 500,' in line)
+    fragment, field = BAD_VALUES[kind]
+    lines[bad_index] = lines[bad_index].replace('"units":', fragment + ', "x":', 1)
+    done = subprocess.run(
+        cli_command(write_config(tmp_path, {**config, "allow_rejections": True})),
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    stored = lago.dump()["events"]
+    assert len(stored) == 999
+    assert all(e["precise_total_amount_cents"] is None for e in stored)
+    [letter] = dead_letters(config["dead_letter_path"])
+    assert letter["stream"] == "events"
+    if field is not None:
+        [named] = letter["details"]
+        assert named.startswith(field), letter
+        assert f"'{named}'" in letter["message"]
+        assert letter["record"]["id"] == 500
+    else:  # too deep for any JSON reader: the raw line is kept
+        assert '"id": 500' in letter["record"]
+    assert json.loads(done.stdout.splitlines()[-1]) == {"last_id": 999}
+
+
+# Counts --------------------------------------------------------------------------------------
+
+
+@both_event_stores
+def test_a_replay_under_lost_responses_reports_nothing_delivered(
+    lago: Sandbox, config: dict, metric_code: str, event_store: str
+) -> None:
+    rows = usage_rows(2000, ["sub_a", "sub_b"], metric_code)
+    first = run_target(config, events_messages(rows))
+    assert first.error is None
+    # Lago's created_at has whole seconds: an event stored less than about two seconds
+    # before a lost response cannot be told from one stored by it (README).
+    time.sleep(2.5)
+    lago.set_faults(
+        [
+            {"path": BATCH, "fault": "lost_response", "probability": 0.3, "seed": 5},
+            {"path": BATCH, "fault": "drop", "probability": 0.1, "seed": 6},
+        ]
+    )
+    replay = run_target({**config, "max_retries": 12}, events_messages(rows))
+    assert replay.error is None
+    assert sum(rule["fired"] for rule in lago.faults()) > 5
+    counts = replay.counts["events"]
+    assert counts["delivered"] == 0
+    if event_store == "postgres":
+        assert counts["already_present"] == 2000
+    else:  # a ClickHouse store answers 200 to a duplicate: reported as such
+        assert counts["accepted_unverified"] == 2000
+    lago.set_faults([])
+    assert len(lago.dump()["events"]) == 2000
+
+
+def test_the_summary_names_each_counter(
+    lago: Sandbox, config: dict, metric_code: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        run_target(config, events_messages(usage_rows(3, ["sub_a"], metric_code)))
+    assert (
+        "summary stream=events action=events received=3 delivered=3 already_present=0 "
+        "rejected=0 skipped=0 accepted_unverified=0"
+    ) in caplog.text
