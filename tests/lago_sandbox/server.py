@@ -560,8 +560,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
             elif kind == "error":
                 entry["status"] = rule.status
                 text = faults_mod.ERROR_TEXT[rule.status]
-                body = ROUTE_NOT_FOUND if rule.status == 404 else {"status": rule.status}
-                self._send(rule.status, _dumps({**body, "error": text}))
+                answer: dict[str, Any] = (
+                    dict(ROUTE_NOT_FOUND) if rule.status == 404 else {"status": rule.status}
+                )
+                self._send(rule.status, _dumps({**answer, "error": text}))
                 return
             elif kind == "timeout":
                 state.stopping.wait(rule.delay_ms / 1000)
