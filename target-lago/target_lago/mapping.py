@@ -147,16 +147,20 @@ class RecordRejected(Exception):
         message: A sentence naming the field and the offending value.
     """
 
-    def __init__(self, details: dict[str, list[str]], message: str) -> None:
+    def __init__(
+        self, details: dict[str, list[str]], message: str, transaction_id: str | None = None
+    ) -> None:
         """Create the rejection.
 
         Args:
             details: Field -> error codes, in Lago's `error_details` shape.
             message: Human-readable reason naming the field.
+            transaction_id: The event's transaction id, when it could be made.
         """
         super().__init__(message)
         self.details = details
         self.message = message
+        self.transaction_id = transaction_id
 
 
 class RecordSkipped(Exception):
@@ -474,7 +478,7 @@ def event_payload(record: Mapping[str, Any], id_columns: Sequence[str]) -> dict:
         details[problem[0]] = ["value_is_invalid"]
         reasons.append(problem[1])
     if details:
-        raise RecordRejected(details, "; ".join(reasons))
+        raise RecordRejected(details, "; ".join(reasons), payload.get("transaction_id"))
     return payload
 
 

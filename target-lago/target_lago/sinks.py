@@ -162,7 +162,15 @@ class LagoSink(BatchSink):
             payload, key = self.build(record)
             item = Item(record, payload, key, _encode(payload))
         except RecordRejected as exc:
-            self.reject(record, None, "invalid_record", exc.details, exc.message)
+            tid = exc.transaction_id
+            self.reject(
+                record,
+                None,
+                "invalid_record",
+                exc.details,
+                exc.message,
+                payload={"transaction_id": tid} if tid else None,
+            )
             return
         except RecordSkipped as exc:
             self.stats.add("skipped")
