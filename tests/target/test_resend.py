@@ -98,7 +98,7 @@ def test_edited_dead_letters_are_re_sent_and_land_exactly_once(
     assert by_id[3]["timestamp"] == "2025-12-31T00:00:00.000Z"
     # The re-sent events kept the ids they were given before they were rejected.
     assert {d["transaction_id"] for d in events} <= {e["transaction_id"] for e in stored}
-    [old_120] = [d["transaction_id"] for d in events if d["record"]["id"] == 120]
+    [old_120] = [d["transaction_id"] for d in events if d["record"]["id"] == 9120]  # edited
     assert by_id[9120]["transaction_id"] == old_120
     assert not (again / "dl.jsonl").exists()
     assert [c["external_id"] for c in lago.dump()["customers"]] == ["cust_fixed"]
