@@ -204,6 +204,12 @@ def test_a_conflicting_duplicate_in_one_run_is_dead_lettered_with_both_values(
     assert isinstance(run.error, RecordsRejectedError)
     letters = dead_letters(config["dead_letter_path"])
     assert [d["record"]["id"] for d in letters] == [3, 4]
+    counts = run.counts["events"]
+    if event_store == "postgres":  # the exact repeat was sent and found already stored
+        assert (counts["delivered"], counts["already_present"]) == (1, 1)
+    else:
+        assert counts["accepted_unverified"] == 2
+    assert counts["rejected"] == 2
     assert {d["error_code"] for d in letters} == {"conflicting_duplicate"}
     assert all(d["transaction_id"] == "inv-7" for d in letters)
     message = letters[1]["message"]
@@ -251,7 +257,13 @@ BAD_VALUES = {
     "decimal-nan": ('"precise_total_amount_cents": "NaN"', "precise_total_amount_cents"),
     "decimal-empty": ('"precise_total_amount_cents": ""', "precise_total_amount_cents"),
     "decimal-bool": ('"precise_total_amount_cents": true', "precise_total_amount_cents"),
+    "decimal-huge": ('"precise_total_amount_cents": "1e25"', "precise_total_amount_cents"),
+    "key-column-null": ('"id": null, "row": 500', "id"),
 }
+
+
+def strict_json(constant: str) -> None:
+    raise AssertionError(f"the dead-letter file holds {constant}, which is not JSON")
 
 
 @pytest.mark.parametrize("kind", list(BAD_VALUES))
@@ -277,13 +289,17 @@ def test_a_bad_value_rejects_its_own_record_and_the_other_999_land(
     stored = lago.dump()["events"]
     assert len(stored) == 999
     assert all(e["precise_total_amount_cents"] is None for e in stored)
-    [letter] = dead_letters(config["dead_letter_path"])
+    [line] = Path(config["dead_letter_path"]).read_text().splitlines()
+    letter = json.loads(line, parse_constant=strict_json)  # NaN is written as text
     assert letter["stream"] == "events"
-    if field is not None:
+    if kind == "key-column-null":  # refused by the schema (id is an integer), named
+        assert list(letter["details"]) == ["id"]
+    elif field is not None:
         [named] = letter["details"]
         assert named.startswith(field), letter
         assert f"'{named}'" in letter["message"]
         assert letter["record"]["id"] == 500
+        assert letter["transaction_id"].startswith("tl-")
     else:  # too deep for any JSON reader: the raw line is kept
         assert '"id": 500' in letter["record"]
     assert json.loads(done.stdout.splitlines()[-1]) == {"last_id": 999}
