@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
-import re
 import typing as t
 import urllib.parse
 from collections import defaultdict
 from dataclasses import dataclass
 
+import msgspec
 from singer_sdk.exceptions import InvalidRecord
 from singer_sdk.sinks import BatchSink
 
@@ -33,9 +33,30 @@ if t.TYPE_CHECKING:
 DRY_RUN_SHOWN = 5
 """Payloads printed per stream in a dry run."""
 ALREADY_EXISTS = {"transaction_id": ["value_already_exist"]}
-#: An acknowledged event without a lago_id comes from a ClickHouse event store, which
-#: answers a new event and a duplicate of a stored one alike.
-CLICKHOUSE_ACK = re.compile(rb'"lago_id"\s*:\s*null')
+
+
+class _Acknowledged(msgspec.Struct):
+    lago_id: str | None = None
+
+
+class _BatchAnswer(msgspec.Struct):
+    events: list[_Acknowledged] = []
+
+
+_ANSWER = msgspec.json.Decoder(_BatchAnswer)
+
+
+def unverified_acknowledgement(content: bytes) -> bool:
+    """Whether an acknowledged batch came from a ClickHouse event store.
+
+    Such a store answers a new event and a duplicate of a stored one alike, with
+    `lago_id: null`; the Postgres store gives every stored event its id.
+    """
+    try:
+        answer = _ANSWER.decode(content)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    return any(event.lago_id is None for event in answer.events)
 #: Seconds of clock uncertainty when telling whether a stored event is this request's
 #: write: `created_at` and the Date header both have whole seconds.
 CLOCK_SLACK = 1.0
@@ -490,7 +511,7 @@ class EventsSink(LagoSink):
             response = self.lago.client.post(self.endpoint, body)
             if response.ok:
                 # A ClickHouse store answers a new event and a stored one alike.
-                unverified = CLICKHOUSE_ACK.search(response.content) is not None
+                unverified = unverified_acknowledgement(response.content)
                 self.stats.add("accepted_unverified" if unverified else "delivered", len(pending))
                 return
             details = response.error_details

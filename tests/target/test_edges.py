@@ -346,3 +346,16 @@ def test_the_summary_names_each_counter(
         "summary stream=events action=events received=3 delivered=3 already_present=0 "
         "rejected=0 skipped=0 accepted_unverified=0"
     ) in caplog.text
+
+
+@both_event_stores
+def test_an_event_property_named_lago_id_does_not_confuse_the_counts(
+    lago: Sandbox, config: dict, metric_code: str, event_store: str
+) -> None:
+    props = {**EVENT_PROPS, "properties": {}}
+    row = {"id": 1, "code": metric_code, "external_subscription_id": "sub_a",
+           "timestamp": 1_735_689_600, "properties": {"lago_id": None, "units": 1}}  # fmt: skip
+    run = run_target(config, [schema("events", props, ["id"]), record("events", row)])
+    assert run.error is None
+    counter = "delivered" if event_store == "postgres" else "accepted_unverified"
+    assert run.counts["events"][counter] == 1
