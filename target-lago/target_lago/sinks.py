@@ -368,8 +368,10 @@ class SubscriptionsSink(_OneByOneSink):
             self.stats.add("delivered")
 
 
-class _SeenEvents:
+class SeenEvents:
     """Fingerprints of the events of a run, by (subscription, transaction id).
+
+    One for the whole run: every events stream, across schema changes.
 
     Bounded: two generations of `limit / 2` fingerprints each (about 100 bytes an event),
     and the JSON of the newest `kept` events, to show an earlier value in a message.
@@ -439,7 +441,8 @@ class EventsSink(LagoSink):
             )
             raise StreamSetupError(msg)
         self.verify = bool(self.config.get("verify_duplicates", False))
-        self._seen = _SeenEvents()
+        # One memory for every events stream of the run, kept across schema changes.
+        self._seen = target.seen_events
 
     def build(self, record: dict) -> tuple[dict, str]:
         """Map a record to an event body."""

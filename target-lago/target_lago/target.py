@@ -23,6 +23,7 @@ from target_lago.sinks import (
     CustomersSink,
     EventsSink,
     LagoSink,
+    SeenEvents,
     StreamSetupError,
     SubscriptionsSink,
 )
@@ -230,6 +231,7 @@ class TargetLago(Target):
         )
         self._check_config()
         self._checked: set[str] = set()
+        self.seen_events = SeenEvents()
         self.state_held = 0
         t.cast("LineReader", self.message_reader).on_unreadable = self.reject_line
         # Sinks drain one at a time so that customers precede subscriptions precede

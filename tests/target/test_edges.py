@@ -359,3 +359,29 @@ def test_an_event_property_named_lago_id_does_not_confuse_the_counts(
     assert run.error is None
     counter = "delivered" if event_store == "postgres" else "accepted_unverified"
     assert run.counts["events"][counter] == 1
+
+
+def test_a_conflict_across_a_schema_change_or_another_stream_is_still_caught(
+    lago: Sandbox, config: dict, metric_code: str
+) -> None:
+    props = {**EVENT_PROPS, "transaction_id": {"type": "string"}, "properties": {}}
+    row = {"id": 1, "transaction_id": "inv-9", "code": metric_code,
+           "external_subscription_id": "sub_a", "timestamp": 1_735_689_600,
+           "properties": {"units": 5}}  # fmt: skip
+    wider = {**props, "loaded_at": {"type": "string"}}
+    messages = [
+        schema("events", props, ["id"]),
+        record("events", row),
+        schema("events", wider, ["id"]),  # the source added a column mid-run
+        record("events", {**row, "id": 2, "properties": {"units": 6}, "loaded_at": "x"}),
+        schema("more-usage", props, ["id"]),
+        record("more-usage", {**row, "id": 3, "properties": {"units": 7}}),
+    ]
+    run = run_target({**config, "stream_actions": {"more-*": "events"}}, messages)
+    assert isinstance(run.error, RecordsRejectedError)
+    letters = dead_letters(config["dead_letter_path"])
+    assert [(d["stream"], d["error_code"]) for d in letters] == [
+        ("events", "conflicting_duplicate"),
+        ("more-usage", "conflicting_duplicate"),
+    ]
+    assert [e["properties"] for e in lago.dump()["events"]] == [{"units": 5}]
