@@ -138,7 +138,11 @@ def test_usage_customers_and_subscriptions_land_exactly_once(
     # bookmarks are inclusive, so the rows sitting on them come again, as already present.
     lago.requests(clear=True)
     rerun = meltano.run("tap-postgres", "target-lago")
-    batches = [r for r in _posts(lago) if r["path"].endswith("/events/batch")]
+    batches = [
+        r
+        for r in _posts(lago)
+        if r["path"].endswith("/events/batch") and r["body_size"] != len(b'{"events":[]}')
+    ]  # leaving out target-lago's start-up check, an empty batch
     assert len(batches) <= 1
     summary = target_summary(rerun.stderr, "billing-usage")
     assert summary["delivered"] == 0
