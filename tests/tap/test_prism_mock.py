@@ -29,6 +29,17 @@ PAGES = 2
 SEEDS = ("lago-1", "lago-2")
 
 
+class _Collect(logging.Handler):
+    """Keeps the log records it receives."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 @pytest.fixture(scope="module", params=SEEDS)
 def mock_url(request: pytest.FixtureRequest) -> Iterator[str]:
     spec = openapi_spec.spec_path()
@@ -48,9 +59,7 @@ def mock_sync(mock_url: str) -> Iterator[tuple[SyncResult, list[str]]]:
     # The spec requires external_customer_id on GET /wallets (the server does not since
     # v1.47, LAGO_API_BEHAVIOUR.md), and Prism refuses a request the spec calls invalid.
     patch.setattr(WalletsStream, "extra_params", {"external_customer_id": "any"})
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append  # type: ignore[method-assign]
+    handler = _Collect(logging.WARNING)
     root = logging.getLogger()
     root.addHandler(handler)
     try:
@@ -61,7 +70,7 @@ def mock_sync(mock_url: str) -> Iterator[tuple[SyncResult, list[str]]]:
             "request_timeout": 30,
             "max_retries": 0,
         }
-        yield run_tap(config), [r.getMessage() for r in records]
+        yield run_tap(config), [r.getMessage() for r in handler.records]
     finally:
         root.removeHandler(handler)
         patch.undo()
