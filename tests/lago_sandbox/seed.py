@@ -864,7 +864,12 @@ class _People:
         assert wallet is not None
         transaction = o.complete(
             "wallet_transactions",
-            {"lago_wallet_id": wallet["lago_id"], "created_at": o.iso(when), **fields},
+            {
+                "lago_wallet_id": wallet["lago_id"],
+                "billing_entity_code": wallet["billing_entity_code"],
+                "created_at": o.iso(when),
+                **fields,
+            },
             now=when,
             new_id=self.new_id,
         )
