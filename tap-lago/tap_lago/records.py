@@ -39,8 +39,8 @@ def to_decimal(text: str) -> decimal.Decimal | None:
     return decimal.Decimal(text)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float, decimal.Decimal)) and not isinstance(value, bool)
+#: Exact types of the values a ``number`` field may hold as they are (bool excluded).
+_NUMBERS = frozenset({int, float, decimal.Decimal})
 
 
 class RecordShaper:
@@ -71,13 +71,13 @@ class RecordShaper:
     def shape(self, record: dict[str, t.Any]) -> dict[str, t.Any] | None:
         """The record to emit (changed in place), or None to skip it."""
         unknown: dict[str, t.Any] | None = None
-        extra = record.keys() - self.declared
-        if extra:
+        if not self.declared.issuperset(record):
+            extra = record.keys() - self.declared
             unknown = {name: record.pop(name) for name in sorted(extra)}
             self._report_new(extra)
         for name in self.decimals:
             value = record.get(name)
-            if value is None or _is_number(value):
+            if value is None or value.__class__ in _NUMBERS:
                 continue
             exact = to_decimal(value) if isinstance(value, str) else None
             if exact is None:
