@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import requests
 from jsonschema import Draft202012Validator
-from tap_lago.records import UNKNOWN_FIELDS
+from tap_lago.records import UNKNOWN_FIELDS, RecordShaper, to_decimal
 
 from tests.openapi_spec import FORMAT_CHECKER
 from tests.tap.conftest import SyncResult, run_tap, tap_config
@@ -200,3 +200,45 @@ def test_full_table_streams_announce_versions_and_deleted_objects_leave(
         assert any(
             m["type"] == "ACTIVATE_VERSION" and m["stream"] == stream for m in second.messages
         )
+
+
+@pytest.mark.parametrize(
+    ("text", "written"),
+    [("12.3400", "12.3400"), ("-3.0", "-3.0"), ("1e-7", "1E-7"), ("0", "0"), ("100", "100")],
+)
+def test_to_decimal_keeps_every_digit(text: str, written: str) -> None:
+    value = to_decimal(text)
+    assert value is not None and str(value) == written
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-inf", "1,5", "", " 1", "0x10", "1_000"])
+def test_to_decimal_refuses_what_is_not_a_finite_decimal(text: str) -> None:
+    assert to_decimal(text) is None
+
+
+def test_a_shaper_keeps_odd_values_aside_and_never_emits_a_null_key() -> None:
+    schema = {
+        "properties": {
+            "id": {"type": "string"},
+            "sub": {"type": "string"},
+            "amount": {"type": ["number", "null"]},
+            "count": {"type": ["integer", "null"]},
+            UNKNOWN_FIELDS: {"type": ["object", "null"]},
+        },
+        "required": ["id", "sub"],
+    }
+    shaper = RecordShaper("things", schema, logging.getLogger("test"), {"sub": ""})
+    assert shaper.shape({"id": "a", "sub": None, "amount": True, "count": 3, "new": 1}) == {
+        "id": "a",
+        "sub": "",
+        "amount": None,
+        "count": 3,
+        UNKNOWN_FIELDS: {"new": 1, "amount": True},
+    }
+    assert shaper.shape({"id": "b", "sub": "s", "amount": 2.5}) == {
+        "id": "b",
+        "sub": "s",
+        "amount": 2.5,
+    }
+    assert shaper.shape({"id": None, "sub": "s"}) is None
+    assert shaper.skipped == 1
