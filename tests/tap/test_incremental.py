@@ -197,33 +197,35 @@ def test_change_behind_the_reader_is_emitted_next_time(
     sandbox_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A record changed after its page was read, while a later one changed before its page
-    was read, must not fall under the bookmark (the signpost caps it at the sync's start)."""
+    was read, must not fall under the bookmark (the signpost caps it at the sync's start).
+    Invoices: a stream filtered client-side on ``updated_at``."""
     sb = sandbox_factory(seed={"seed": 3, "customers": 12, "events": 0})
-    listed = [c["lago_id"] for c in sb.dump()["customers"]]
+    listed = [i["lago_id"] for i in sb.dump()["invoices"] if i["status"] == "finalized"]
     behind, ahead = listed[0], listed[-1]
     original_advance = LagoPaginator.advance
     fired: list[bool] = []
 
     def advance(self: LagoPaginator, response: Any) -> None:
         original_advance(self, response)
-        if not fired and "/customers" in response.request.path_url:
+        if not fired and "/invoices" in response.request.path_url:
             fired.append(True)
-            sb.upsert("customers", {"lago_id": behind, "name": "changed-after-read"})
+            sb.upsert("invoices", {"lago_id": behind, "number": "changed-after-read"})
             time.sleep(1.1)  # updated_at has second precision: move to the next second
-            sb.upsert("customers", {"lago_id": ahead, "name": "changed-before-read"})
+            sb.upsert("invoices", {"lago_id": ahead, "number": "changed-before-read"})
 
     monkeypatch.setattr(LagoPaginator, "advance", advance)
     config = tap_config(sb, page_size=5)
-    first = run_tap(config, streams={"customers"})
+    first = run_tap(config, streams={"invoices"})
     assert fired
-    names = {r["lago_id"]: r["name"] for r in first.records["customers"]}
-    assert names[ahead] == "changed-before-read"
-    assert names[behind] != "changed-after-read"
+    numbers = {r["lago_id"]: r["number"] for r in first.records["invoices"]}
+    assert numbers[ahead] == "changed-before-read"
+    assert numbers[behind] != "changed-after-read"
 
     monkeypatch.setattr(LagoPaginator, "advance", original_advance)
-    second = run_tap(config, state=first.last_state, streams={"customers"})
-    names = {r["lago_id"]: r["name"] for r in second.records["customers"]}
-    assert names.get(behind) == "changed-after-read"
+    second = run_tap(config, state=first.last_state, streams={"invoices"})
+    numbers = {r["lago_id"]: r["number"] for r in second.records["invoices"]}
+    assert numbers.get(behind) == "changed-after-read"
+    assert ahead not in numbers or numbers[ahead] == "changed-before-read"
 
 
 # The tap's console entry point, with a STATE message every 20 records (the SDK default is
