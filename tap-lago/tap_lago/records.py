@@ -8,8 +8,9 @@ to each record the API returns (through the SDK's ``post_process`` hook):
   same digits. A string that is not a finite decimal number becomes ``null`` and is kept,
   as sent, under its name in ``_unknown_fields``; the field is logged once per run.
 - **Unknown fields.** Top-level fields the schema does not declare (a newer Lago) move to
-  the ``_unknown_fields`` object; each new name is logged once per run. Nested objects
-  keep theirs (their schemas allow additional properties).
+  the ``_unknown_fields`` object. Nested objects keep theirs in place (their schemas allow
+  additional properties). Each new field is logged once per run (nested ones by path,
+  e.g. ``billing_configuration.new_flag``).
 - **Keys.** A key field (primary or replication key) must not be null. Where the stream
   names a stand-in (events: ``external_subscription_id`` -> ``""``), a null becomes it;
   otherwise the record is skipped, logged once and counted (e.g. a fee without
@@ -63,6 +64,9 @@ class RecordShaper:
             for name, prop in properties.items()
             if _types(prop) & {"number"} and not _types(prop) & {"integer", "string"}
         )
+        self.nested = tuple(
+            (name, prop) for name, prop in properties.items() if _declares_properties(prop)
+        )
         self.keys = tuple(schema.get("required") or ())
         self.stand_ins = dict(key_stand_ins or {})
         self.skipped = 0
@@ -75,6 +79,13 @@ class RecordShaper:
             extra = record.keys() - self.declared
             unknown = {name: record.pop(name) for name in sorted(extra)}
             self._report_new(extra)
+        for name, prop in self.nested:
+            value = record.get(name)
+            if value:
+                found: list[str] = []
+                _undeclared(value, prop, name, found)
+                if found:
+                    self._report_new(found)
         for name in self.decimals:
             value = record.get(name)
             if value is None or value.__class__ in _NUMBERS:
@@ -130,6 +141,41 @@ class RecordShaper:
             self.logger.warning(
                 "%s: skipping records without %s (a key field cannot be null)", self.stream, key
             )
+
+
+def _declares_properties(schema: dict[str, t.Any]) -> bool:
+    """Whether a property is an object (or a list of objects) with declared properties."""
+    items = schema.get("items")
+    return _is_record(schema) or (isinstance(items, dict) and _is_record(items))
+
+
+def _is_record(schema: dict[str, t.Any]) -> bool:
+    """An object with declared properties, not a map of data keys.
+
+    Event ``properties`` is such a map: its ``additionalProperties`` is a schema.
+    """
+    return bool(schema.get("properties")) and not isinstance(
+        schema.get("additionalProperties"), dict
+    )
+
+
+def _undeclared(value: object, schema: dict[str, t.Any], path: str, found: list[str]) -> None:
+    """Append to ``found`` the paths of keys in ``value`` that ``schema`` does not declare."""
+    if isinstance(value, dict):
+        if not _is_record(schema):
+            return
+        properties = schema["properties"]
+        for name, item in value.items():
+            sub = properties.get(name)
+            if sub is None:
+                found.append(f"{path}.{name}")
+            elif item:
+                _undeclared(item, sub, f"{path}.{name}", found)
+    elif isinstance(value, list):
+        items = schema.get("items")
+        if isinstance(items, dict) and _is_record(items):
+            for item in value:
+                _undeclared(item, items, f"{path}[]", found)
 
 
 def _types(schema: dict[str, t.Any]) -> set[str]:

@@ -242,3 +242,40 @@ def test_a_shaper_keeps_odd_values_aside_and_never_emits_a_null_key() -> None:
     }
     assert shaper.shape({"id": None, "sub": "s"}) is None
     assert shaper.skipped == 1
+
+
+def test_new_fields_in_nested_objects_stay_in_place_and_are_logged_once(
+    sandbox_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    lago = sandbox_factory({"customers": 3, "events": 0})
+    customers = lago.dump()["customers"]
+    for customer in customers:
+        config = {**customer["billing_configuration"], "dunning_profile": "gentle"}
+        lago.upsert("customers", {"lago_id": customer["lago_id"], "billing_configuration": config})
+
+    with caplog.at_level(logging.WARNING):
+        result = run_tap(tap_config(lago), streams={"customers"})
+
+    for record in result.records["customers"]:
+        assert record["billing_configuration"]["dunning_profile"] == "gentle"
+        assert UNKNOWN_FIELDS not in record
+    logged = [m for m in caplog.messages if "billing_configuration.dunning_profile" in m]
+    assert len(logged) == 1, logged
+    assert _invalid_records(result) == []
+
+
+def test_keys_of_free_form_maps_are_not_new_fields() -> None:
+    schema = {
+        "properties": {
+            "properties": {
+                "type": ["object", "null"],
+                "properties": {"operation_type": {"type": ["string", "null"]}},
+                "additionalProperties": {"type": ["string", "number"]},
+            },
+        },
+        "required": [],
+    }
+    logger = logging.getLogger("test")
+    shaper = RecordShaper("events", schema, logger)
+    assert shaper.shape({"properties": {"region": "eu", "gb": 1.5}}) is not None
+    assert shaper.nested == ()
