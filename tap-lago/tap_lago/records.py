@@ -78,14 +78,14 @@ class RecordShaper:
         if not self.declared.issuperset(record):
             extra = record.keys() - self.declared
             unknown = {name: record.pop(name) for name in sorted(extra)}
-            self._report_new(extra)
+            self._report_new(extra, f"in {UNKNOWN_FIELDS}")
         for name, prop in self.nested:
             value = record.get(name)
             if value:
                 found: list[str] = []
                 _undeclared(value, prop, name, found)
                 if found:
-                    self._report_new(found)
+                    self._report_new(found, "in place")
         for name in self.decimals:
             value = record.get(name)
             if value is None or value.__class__ in _NUMBERS:
@@ -109,15 +109,12 @@ class RecordShaper:
             record[UNKNOWN_FIELDS] = unknown
         return record
 
-    def _report_new(self, names: t.Iterable[str]) -> None:
+    def _report_new(self, names: t.Iterable[str], where: str) -> None:
         new = sorted(set(names) - self._reported)
         if new:
             self._reported.update(new)
             self.logger.warning(
-                "%s: fields not in the schema, kept in %s: %s",
-                self.stream,
-                UNKNOWN_FIELDS,
-                ", ".join(new),
+                "%s: fields not in the schema, kept %s: %s", self.stream, where, ", ".join(new)
             )
 
     def _report_not_decimal(self, name: str) -> None:
