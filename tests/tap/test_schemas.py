@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tap_lago.records import UNKNOWN_FIELDS
 from tap_lago.streams import STREAM_TYPES
 from tap_lago.tap import TapLago
 
@@ -132,6 +133,7 @@ def test_spec_defects_are_corrected() -> None:
         schema = json.loads((SCHEMAS_DIR / f"{stream}.json").read_text(encoding="utf-8"))
         assert schema["properties"][field] == {"type": ["number", "null"]}, (stream, field)
     # Every stream keeps fields it does not declare; nested objects accept new keys.
+    assert _generator().UNKNOWN_FIELDS == UNKNOWN_FIELDS == "_unknown_fields"
     for name in STREAM_NAMES:
         schema = json.loads((SCHEMAS_DIR / f"{name}.json").read_text(encoding="utf-8"))
         assert schema["properties"]["_unknown_fields"]["type"] == ["object", "null"]
