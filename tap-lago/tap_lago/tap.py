@@ -48,8 +48,8 @@ class TapLago(Tap):
             title="Start date",
             description=(
                 "Earliest data to read on a first sync: events by timestamp, fees by "
-                "creation, customers/invoices/credit notes by last update (invoices and "
-                "credit notes also by issuing date). Later syncs start from the bookmark."
+                "creation, invoices/credit notes by last update and issuing date. Later "
+                "syncs start from the bookmark."
             ),
         ),
         th.Property(
@@ -99,6 +99,18 @@ class TapLago(Tap):
                 "Retries of one request after a 429, a 5xx, a timeout or a dropped "
                 "connection (exponential backoff with jitter; a 429 waits what "
                 "X-RateLimit-Reset or Retry-After asks)."
+            ),
+        ),
+        th.Property(
+            "emit_activate_version_messages",
+            th.BooleanType,
+            default=True,
+            title="Emit ACTIVATE_VERSION messages",
+            description=(
+                "Full-table streams (customers, plans, coupons, add-ons, ...) open each "
+                "sync with ACTIVATE_VERSION, so a loader that supports it (e.g. "
+                "target-postgres with add_record_metadata) removes or marks deleted the "
+                "rows Lago no longer lists."
             ),
         ),
     ).to_dict()

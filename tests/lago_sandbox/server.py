@@ -405,6 +405,26 @@ def delete_subscription(ctx: RequestContext) -> bytes:
         return _single(ctx, "subscriptions", sub, "subscription")
 
 
+def _make_delete(resource: str, delete: str) -> Handler:
+    def handler(ctx: RequestContext) -> bytes:
+        obj = getattr(ctx.store, delete)(ctx.path_params["key"])
+        singular = RESOURCE_DEFS[resource].singular
+        return _dumps({singular: obj})
+
+    handler.__name__ = f"delete_{resource}"
+    return handler
+
+
+for _res, _delete in (
+    ("customers", "delete_customer"),
+    ("plans", "delete_plan"),
+    ("coupons", "delete_coupon"),
+    ("add_ons", "delete_add_on"),
+):
+    _LIST_HANDLERS[f"delete_{_res}"] = _make_delete(_res, _delete)
+    _ROUTES.append(("DELETE", re.compile(f"^/{_res}/(?P<key>[^/]+)$"), f"delete_{_res}"))
+
+
 _HANDLERS: dict[str, Handler] = {
     **_LIST_HANDLERS,
     **{

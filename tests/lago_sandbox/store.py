@@ -427,6 +427,13 @@ class Table:
         row.sk = self.rdef.order(row.obj)
         self._touch()
 
+    def remove(self, row: Row) -> None:
+        """Take a row out (a deleted object: no list shows it any more)."""
+        self.rows.remove(row)
+        if self.by_key.get(row.key) is row:
+            del self.by_key[row.key]
+        self._touch()
+
     def _touch(self) -> None:
         self.dirty = True
         self.version += 1
@@ -1088,16 +1095,101 @@ class Store:
             sub = self.find_one("subscriptions", external_id=external_id, status=status)
             if sub is None or status not in ("active", "pending"):
                 raise not_found("subscription")
-            now = iso(self.clock())
-            if status == "pending":
-                sub["status"] = "canceled"
-                sub["canceled_at"] = now
-            else:
-                sub["status"] = "terminated"
-                sub["terminated_at"] = now
-                self._cancel_next(sub, self.clock())
-            self.changed("subscriptions", sub)
+            self.terminate_subscription_obj(sub, self.clock())
             return sub
+
+    # -- writes: deletions ------------------------------------------------------------------
+
+    def _discard(self, resource: str, obj: JsonObj) -> None:
+        """Remove a deleted object from its table (lists, lookups and the dump)."""
+        table = self.tables[resource]
+        row = next(r for r in table.rows if r.obj is obj)
+        table.remove(row)
+        if resource in self._by_external_id:
+            self._reindex(resource)
+
+    def _terminate_subscriptions(self, now: datetime, **match: Any) -> None:
+        """Terminate the active and cancel the pending subscriptions matching ``match``."""
+        for sub in self.find_all("subscriptions", **match):
+            if sub.get("status") in ("active", "pending"):
+                self.terminate_subscription_obj(sub, now)
+
+    def terminate_subscription_obj(self, sub: JsonObj, now: datetime) -> None:
+        """Terminate an active subscription, or cancel a pending one."""
+        if sub["status"] == "pending":
+            sub["status"] = "canceled"
+            sub["canceled_at"] = iso(now)
+        else:
+            sub["status"] = "terminated"
+            sub["terminated_at"] = iso(now)
+            self._cancel_next(sub, now)
+        self.changed("subscriptions", sub)
+
+    def _terminate_applied_coupons(self, now: datetime, **match: Any) -> None:
+        for applied in self.find_all("applied_coupons", **match):
+            if applied.get("status") == "active":
+                applied["status"] = "terminated"
+                applied["terminated_at"] = iso(now)
+                self.changed("applied_coupons", applied)
+
+    def delete_customer(self, external_id: str) -> JsonObj:
+        """``DELETE /customers/{external_id}``: soft delete, then terminate its relations.
+
+        The server terminates relations in a job right after the response; here at once:
+        active subscriptions terminated, pending ones canceled, active wallets and applied
+        coupons terminated. Invoices and credit notes stay.
+        """
+        with self.lock:
+            customer = self.customer(external_id)
+            if customer is None:
+                raise not_found("customer")
+            now = self.clock()
+            self._terminate_subscriptions(now, external_customer_id=external_id)
+            for wallet in self.find_all("wallets", external_customer_id=external_id):
+                if wallet.get("status") == "active":
+                    wallet["status"] = "terminated"
+                    wallet["terminated_at"] = iso_ms(now)
+                    self.changed("wallets", wallet)
+            self._terminate_applied_coupons(now, external_customer_id=external_id)
+            self._discard("customers", customer)
+            return customer
+
+    def delete_plan(self, code: str) -> JsonObj:
+        """``DELETE /plans/{code}``: the plan leaves the list; its subscriptions end.
+
+        The server answers with the plan marked ``pending_deletion`` and deletes it in a
+        job (terminating its subscriptions); here the job's work is done at once.
+        """
+        with self.lock:
+            plan = self.find_one("plans", code=code)
+            if plan is None:
+                raise not_found("plan")
+            self._terminate_subscriptions(self.clock(), plan_code=code)
+            self._discard("plans", plan)
+            return {**plan, "pending_deletion": True}
+
+    def delete_coupon(self, code: str) -> JsonObj:
+        """``DELETE /coupons/{code}``: the coupon leaves the list; its applications end."""
+        with self.lock:
+            coupon = self.find_one("coupons", code=code)
+            if coupon is None:
+                raise not_found("coupon")
+            now = self.clock()
+            self._terminate_applied_coupons(now, coupon_code=code)
+            for applied in self.find_all("applied_coupons", coupon_code=code):
+                applied["coupon_deleted_at"] = iso(now)
+                self.changed("applied_coupons", applied)
+            self._discard("coupons", coupon)
+            return coupon
+
+    def delete_add_on(self, code: str) -> JsonObj:
+        """``DELETE /add_ons/{code}``: the add-on leaves the list."""
+        with self.lock:
+            add_on = self.find_one("add_ons", code=code)
+            if add_on is None:
+                raise not_found("add_on")
+            self._discard("add_ons", add_on)
+            return add_on
 
 
 # ---------------------------------------------------------------------------------------------
