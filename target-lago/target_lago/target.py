@@ -16,27 +16,21 @@ from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError
 from singer_sdk.io_base import SingerReader
 
+from target_lago.actions import ACTIONS
+from target_lago.actions.events import SeenEvents
 from target_lago.client import LagoClient, LagoEndpointError, LagoError
 from target_lago.inflight import InFlight
 from target_lago.report import RunReport
-from target_lago.sinks import (
-    CustomersSink,
-    EventsSink,
-    LagoSink,
-    SeenEvents,
-    StreamSetupError,
-    SubscriptionsSink,
-)
+from target_lago.sinks import LagoSink, StreamSetupError
 
 if t.TYPE_CHECKING:
     from pathlib import PurePath
 
     from singer_sdk.sinks import Sink
 
-# Action -> sink. A stream named after an action takes it; `stream_actions` maps others.
-SINKS: dict[str, type[LagoSink]] = {
-    sink.action: sink for sink in (EventsSink, CustomersSink, SubscriptionsSink)
-}
+# Action -> sink (target_lago.actions). A stream named after an action takes it;
+# `stream_actions` maps others.
+SINKS: dict[str, type[LagoSink]] = ACTIONS
 MAX_BATCH_SIZE = 100  # Lago's limit for POST /events/batch
 DEFAULT_API_URL = "https://api.getlago.com/api/v1"
 # One cheap request per action at start-up that changes nothing: it proves the URL, the

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from target_lago.mapping import transaction_id
+from target_lago.actions.events import transaction_id
 from target_lago.target import RecordsRejectedError
 
 from tests.lago_sandbox import Sandbox

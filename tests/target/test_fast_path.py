@@ -21,9 +21,10 @@ import pendulum
 import pytest
 from singer_sdk.exceptions import InvalidRecord
 from singer_sdk.sinks.core import JSONSchemaValidator
+from target_lago.actions.events import transaction_id
 from target_lago.client import LagoClient, LagoEndpointError
 from target_lago.inflight import InFlight
-from target_lago.mapping import to_epoch, transaction_id
+from target_lago.mapping import to_epoch
 from target_lago.target import RecordsRejectedError, TargetLago
 from target_lago.validation import RecordValidator
 
