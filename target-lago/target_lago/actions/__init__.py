@@ -2,7 +2,9 @@
 
 Adding an action means one module declaring its sink (endpoint, method, key, required
 fields, payload, how a response settles) and one line here. `rank` orders the writes of
-a run: lower ranks are flushed before a higher-ranked sink writes.
+a run: lower ranks are flushed before a higher-ranked sink writes. The ranks leave room
+for the actions between: customers 0, wallets 10, subscriptions 20, applied coupons 30,
+wallet transactions and one-off invoices 40, events 50.
 """
 
 from __future__ import annotations

@@ -270,7 +270,7 @@ class EventsSink(LagoSink):
     action = "events"
     endpoint = "/events/batch"
     root_key = "events"
-    rank = 2
+    rank = 50
     self_parsed = ("timestamp", "properties")
 
     def __init__(

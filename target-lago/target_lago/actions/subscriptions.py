@@ -118,7 +118,7 @@ class SubscriptionsSink(OneByOneSink):
     action = "subscriptions"
     endpoint = "/subscriptions"
     root_key = "subscription"
-    rank = 1
+    rank = 20
     self_parsed = ("subscription_at", "ending_at")
 
     def build(self, record: dict) -> tuple[dict, str]:
