@@ -12,7 +12,6 @@ import signal
 import sys
 import typing as t
 import urllib.parse
-import weakref
 from pathlib import Path
 
 import msgspec
@@ -30,6 +29,7 @@ from target_lago.sinks import LagoSink, StreamSetupError
 
 if t.TYPE_CHECKING:
     from pathlib import PurePath
+    from types import FrameType
 
     from singer_sdk.sinks import Sink
 
@@ -50,9 +50,6 @@ SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while others wait
 
 SKIPPED = "TARGET_LAGO_SKIPPED"  # a line read and settled by the reader itself
 _STREAM_NAME = re.compile(r'"stream"\s*:\s*"((?:[^"\\]|\\.)*)"')
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class RunStoppedError(LagoError):
@@ -174,8 +171,6 @@ class TargetLago(Target):
 
     name = "target-lago"
     message_reader_class = LineReader
-    #: The target of this process, for the signal handler of a console-script run.
-    running: t.ClassVar[weakref.ref[TargetLago] | None] = None
 
     config_jsonschema = th.PropertiesList(
         th.Property(
@@ -311,7 +306,6 @@ class TargetLago(Target):
             ) from None
         self._check_config()
         self._checked: set[str] = set()
-        TargetLago.running = weakref.ref(self)
         self.seen_events = SeenEvents()
         self.state_held = 0
         t.cast("LineReader", self.message_reader).on_unreadable = self.reject_line
@@ -555,6 +549,16 @@ class TargetLago(Target):
             return
         super()._write_state_message(state)
 
+    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
+        # The SDK's handler drains and writes STATE, which can wait minutes (a 429 pause)
+        # and exits 0. Stop instead: requests and waits give up, no further STATE.
+        self._stop_client()
+        msg = (
+            f"stopped by {signal.Signals(signum).name}: nothing after the last STATE "
+            "message is acknowledged; rerun the same input (deliveries are idempotent)"
+        )
+        raise RunStoppedError(msg)
+
     def process_endofpipe(self) -> None:
         """Drain everything, wait for Lago, log the summary, then judge rejections.
 
@@ -598,7 +602,6 @@ class TargetLago(Target):
             *args: Passed to `singer_sdk.Target.invoke`.
             **kwargs: Passed to `singer_sdk.Target.invoke`.
         """
-        previous = {sig: signal.signal(sig, cls._on_signal) for sig in STOP_SIGNALS}
         try:
             super().invoke(*args, **kwargs)
         except ConfigValidationError as exc:
@@ -614,21 +617,7 @@ class TargetLago(Target):
         ) as exc:
             cls.logger.error("%s", exc)
             sys.exit(1)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
-    @classmethod
-    def _on_signal(cls, signum: int, frame: object) -> None:
-        # Requests and waits (even a long 429 pause) give up; the run ends here.
-        running = cls.running() if cls.running is not None else None
-        if running is not None:
-            running._stop_client()
-        msg = (
-            f"stopped by {signal.Signals(signum).name}: nothing after the last STATE "
-            "message is acknowledged; rerun the same input (deliveries are idempotent)"
-        )
-        raise RunStoppedError(msg)
 
 
 if __name__ == "__main__":

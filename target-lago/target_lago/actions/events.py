@@ -136,8 +136,11 @@ def event_payload(record: Mapping[str, Any], id_columns: Sequence[str]) -> dict:
             if field != "transaction_id":
                 details[field] = ["value_is_mandatory"]
                 reasons.append(f"'{field}' is missing or empty")
-        elif type(value) is str or (type(value) is int):
+        elif (type(value) is str and "\x00" not in value) or type(value) is int:
             payload[field] = str(value)
+        elif type(value) is str:
+            details[field] = ["value_is_invalid"]
+            reasons.append(f"'{field}' holds a NUL character, which Lago cannot store")
         else:
             details[field] = ["invalid_type"]
             reasons.append(f"'{field}' must be a string, got {type(value).__name__}")
