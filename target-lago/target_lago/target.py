@@ -18,6 +18,7 @@ import msgspec
 from singer_sdk import Target
 from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError
+from singer_sdk.helpers.capabilities import PluginCapabilities, TargetCapabilities
 from singer_sdk.io_base import SingerReader
 
 from target_lago.actions import ACTIONS
@@ -31,6 +32,7 @@ if t.TYPE_CHECKING:
     from pathlib import PurePath
     from types import FrameType
 
+    from singer_sdk.helpers.capabilities import CapabilitiesEnum
     from singer_sdk.sinks import Sink
 
 # Action -> sink (target_lago.actions). A stream named after an action takes it;
@@ -171,6 +173,13 @@ class TargetLago(Target):
 
     name = "target-lago"
     message_reader_class = LineReader
+    #: No schema flattening: Lago reads nested fields nested (properties.units).
+    capabilities: t.ClassVar[list[CapabilitiesEnum]] = [
+        PluginCapabilities.ABOUT,
+        PluginCapabilities.STREAM_MAPS,
+        PluginCapabilities.STRUCTURED_LOGGING,
+        TargetCapabilities.VALIDATE_RECORDS,
+    ]
 
     config_jsonschema = th.PropertiesList(
         th.Property(
