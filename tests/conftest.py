@@ -31,15 +31,18 @@ def sandbox(api_key: str) -> Iterator[Sandbox]:
 
 @pytest.fixture(scope="session")
 def sandbox_factory(api_key: str) -> Iterator[SandboxFactory]:
-    """``sandbox_factory(seed=None, latency_ms=0) -> Sandbox``: a fresh started sandbox.
+    """``sandbox_factory(seed=None, latency_ms=0, event_store="postgres") -> Sandbox``.
 
-    For tests that write or inject faults. Every sandbox it made is stopped at the end of
-    the session.
+    A fresh started sandbox, for tests that write or inject faults. Every sandbox it made
+    is stopped at the end of the session.
     """
     made: list[Sandbox] = []
 
-    def factory(seed: dict[str, Any] | None = None, latency_ms: int = 0) -> Sandbox:
-        running = Sandbox(api_key, seed=seed, latency_ms=latency_ms).start()
+    def factory(
+        seed: dict[str, Any] | None = None, latency_ms: int = 0, event_store: str = "postgres"
+    ) -> Sandbox:
+        running = Sandbox(api_key, seed=seed, latency_ms=latency_ms, event_store=event_store)
+        running.start()
         made.append(running)
         return running
 

@@ -12,10 +12,23 @@ is resolved, and only what a Singer schema needs is kept: property names, types,
 nullability and enums. Descriptions, examples and validation constraints (patterns,
 bounds) are dropped.
 
-Nullability: a field is nullable when the spec says so, and also when it is not in the
-object's ``required`` list (the server may omit it or send ``null``). Key fields (primary
-keys and replication keys) are kept non-nullable and required. The output is sorted and
-stable, so re-running the script on the same spec gives no diff.
+Corrections to the spec, so that every value lago-api v1.51 sends validates:
+
+- Nullability: every field except the key fields accepts ``null``, at every depth. The
+  spec marks fields non-null that the server does send as null (event
+  ``external_subscription_id``, the ones listed in LAGO_API_READS.md and the sandbox
+  README), and a field it does not require may be left out; a warehouse column is
+  nullable anyway. Key fields (primary keys and replication keys) stay non-null and
+  required; the tap never emits a record with a null key (see ``tap_lago/records.py``).
+- Decimal strings (``DECIMAL_FIELDS``: amounts, units, rates and balances that Lago
+  serializes as JSON strings) are typed ``number``: the tap emits them as exact JSON
+  numbers, so loaders make them ``numeric`` columns. Only top-level fields are retyped;
+  nested objects keep the spec's strings (they land in one JSON column anyway).
+- Fields the server sends that the spec lacks or leaves undefined (``EXTRA_PROPERTIES``).
+- Nested objects accept properties they do not declare (``additionalProperties``), and
+  every stream has an ``_unknown_fields`` object for top-level fields of a newer Lago.
+
+The output is sorted and stable, so re-running the script on the same spec gives no diff.
 """
 
 from __future__ import annotations
@@ -36,7 +49,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # stream -> (list path, wrapper key in the 200 response, key fields kept non-null)
 STREAMS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "customers": ("/customers", "customers", ("lago_id", "updated_at")),
+    "customers": ("/customers", "customers", ("lago_id",)),
     "subscriptions": ("/subscriptions", "subscriptions", ("lago_id",)),
     "invoices": ("/invoices", "invoices", ("lago_id", "updated_at")),
     "billable_metrics": ("/billable_metrics", "billable_metrics", ("lago_id",)),
@@ -66,16 +79,44 @@ STREAMS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 
 # Fields missing from the spec's item schema: keys the tap adds to records (usage), and
-# fields the v1.51 serializers send that the spec leaves out (LAGO_API_BEHAVIOUR.md §2).
+# fields the v1.51 serializers send that the spec leaves out or never defines
+# (LAGO_API_BEHAVIOUR.md §2, LAGO_API_READS.md §13, WalletObject's required ``balance``).
 EXTRA_PROPERTIES: dict[str, dict[str, dict[str, t.Any]]] = {
     "invoices": {
         "voided_at": {"format": "date-time", "type": ["string", "null"]},
+    },
+    "wallets": {
+        "balance": {"type": ["string", "null"]},
+    },
+    "wallet_transactions": {
+        "billing_entity_code": {"type": ["string", "null"]},
     },
     "customer_usage": {
         "external_customer_id": {"type": "string"},
         "external_subscription_id": {"type": "string"},
     },
 }
+
+# Top-level fields Lago serializes as decimal strings (LAGO_API_CONTRACT.md, "Decimal
+# strings"): besides these, every top-level string field named ``units``,
+# ``total_aggregated_units``, ``precise_*`` or ``*_precise_*``.
+DECIMAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "wallets": (
+        "balance",
+        "consumed_credits",
+        "credits_balance",
+        "credits_ongoing_balance",
+        "credits_ongoing_usage_balance",
+        "rate_amount",
+    ),
+    "wallet_transactions": ("amount", "credit_amount", "remaining_credit_amount"),
+    "coupons": ("percentage_rate",),
+    "applied_coupons": ("percentage_rate",),
+}
+_DECIMAL_NAMES = frozenset({"units", "total_aggregated_units"})
+
+#: The column that keeps top-level fields a stream's schema does not declare.
+UNKNOWN_FIELDS = "_unknown_fields"
 
 # JSON Schema keywords carried over from the spec (everything else is dropped).
 _PRIMITIVE_KEYWORDS = ("format", "enum")
@@ -168,16 +209,19 @@ class _Resolver:
             out["enum"] = sorted(out["enum"], key=lambda v: (v is None, str(v)))
 
         if "object" in types:
-            required = set(node.get("required") or [])
             props = node.get("properties") or {}
             if props:
+                # Any field may be null or absent (see the module docstring).
                 out["properties"] = {
-                    name: self.convert(prop, stack, nullable=name not in required)
+                    name: self.convert(prop, stack, nullable=True)
                     for name, prop in sorted(props.items())
                 }
             extra = node.get("additionalProperties")
             if isinstance(extra, dict) and extra:
                 out["additionalProperties"] = self.convert(extra, stack, nullable=False)
+            elif props:
+                # A field a newer Lago adds to a nested object is kept, not dropped.
+                out["additionalProperties"] = True
         if "array" in types:
             items = node.get("items")
             out["items"] = self.convert(items, stack, nullable=False) if items else {}
@@ -239,9 +283,14 @@ def build_schema(spec: dict[str, t.Any], stream: str) -> dict[str, t.Any]:
     resolver = _Resolver(spec)
     schema = resolver.convert(item, (), nullable=False)
     schema["type"] = "object"
+    # Top-level fields the schema lacks go to UNKNOWN_FIELDS (the tap moves them there).
+    schema.pop("additionalProperties", None)
     props = schema.setdefault("properties", {})
     for name, prop in EXTRA_PROPERTIES.get(stream, {}).items():
         props[name] = copy.deepcopy(prop)
+    for name in _decimal_fields(stream, props):
+        props[name] = {"type": ["number", "null"]}
+    props[UNKNOWN_FIELDS] = {"additionalProperties": True, "type": ["object", "null"]}
     for key in keys:
         if key not in props:
             msg = f"stream {stream}: key field {key!r} is not in the spec's item schema"
@@ -255,6 +304,28 @@ def build_schema(spec: dict[str, t.Any], stream: str) -> dict[str, t.Any]:
     schema["properties"] = dict(sorted(props.items()))
     schema["required"] = sorted(keys)
     return schema
+
+
+def _decimal_fields(stream: str, props: dict[str, t.Any]) -> list[str]:
+    """Top-level decimal-string fields of a stream (``DECIMAL_FIELDS`` and the name rule)."""
+    listed = DECIMAL_FIELDS.get(stream, ())
+    found = []
+    for name, prop in props.items():
+        by_name = name in _DECIMAL_NAMES or name.startswith("precise_") or "_precise_" in name
+        if name not in listed and not by_name:
+            continue
+        types = prop.get("type")
+        types = types if isinstance(types, list) else [types]
+        if "string" in types and "format" not in prop and "enum" not in prop:
+            found.append(name)
+        elif name in listed:
+            msg = f"stream {stream}: decimal field {name!r} is not a plain string in the spec"
+            raise ValueError(msg)
+    missing = set(listed) - set(props)
+    if missing:
+        msg = f"stream {stream}: decimal fields {sorted(missing)} are not in the schema"
+        raise KeyError(msg)
+    return found
 
 
 def render(schema: dict[str, t.Any]) -> str:

@@ -41,6 +41,7 @@ from singer_sdk.schema.source import SchemaDirectory, StreamSchema
 from tap_lago import schemas
 from tap_lago.preflight import API_ERRORS, INSTANCES, connection_error, parse_setting_datetime
 from tap_lago.progress import Progress, StreamProgress
+from tap_lago.records import RecordShaper
 from tap_lago.writer import LagoMessageWriter, conformance_check
 
 if t.TYPE_CHECKING:
@@ -284,6 +285,8 @@ class LagoStream(RESTStream[int]):
             (for endpoints without a server-side filter on it).
         replication_precision: ``"s"`` or ``"ms"``, the precision of the replication
             key's values, used to floor the signpost so no record can slip under it.
+        key_stand_ins: what a null key field becomes (records with any other null key
+            field are skipped; see :mod:`tap_lago.records`).
         paginated: False for single-object endpoints.
         page_ahead: whether pages may be fetched ahead concurrently (``max_concurrency``).
             Safe where a change to the list shows in ``meta.total_count`` (then a page read
@@ -293,6 +296,7 @@ class LagoStream(RESTStream[int]):
     schema = StreamSchema(SCHEMAS)
     records_key: str | None = None
     extra_params: t.ClassVar[dict[str, t.Any]] = {}
+    key_stand_ins: t.ClassVar[dict[str, t.Any]] = {}
     client_side_filter = False
     replication_precision = "s"
     paginated = True
@@ -308,6 +312,7 @@ class LagoStream(RESTStream[int]):
     _LOG_REQUEST_METRICS = False
 
     _seen: _SeenKeys | None = None
+    _shaper: RecordShaper | None = None
     _signpost_value: str | None = None
     _max_bookmark: str | None = None
     _fast_path: tuple[Callable[..., None], Callable[[dict[str, t.Any]], bool]] | None = None
@@ -584,6 +589,14 @@ class LagoStream(RESTStream[int]):
         ):
             level = logging.DEBUG
         super().log(message, *args, level=level, **kwargs)
+
+    def post_process(
+        self, row: dict[str, t.Any], context: Context | None = None
+    ) -> dict[str, t.Any] | None:
+        """Exact decimals, unknown fields kept, no null key (:mod:`tap_lago.records`)."""
+        if self._shaper is None:
+            self._shaper = RecordShaper(self.name, self.schema, self.logger, self.key_stand_ins)
+        return self._shaper.shape(row)
 
     # Concurrent paging --------------------------------------------------------------
 

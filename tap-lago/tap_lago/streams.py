@@ -2,14 +2,15 @@
 
 Replication at a glance (endpoint; primary key; method and key):
 
-- customers: /customers; lago_id; INCREMENTAL updated_at, filtered client-side (a dimension:
-  ``start_date`` does not apply)
+- customers: /customers; lago_id; FULL_TABLE (the list is scanned whole anyway; a full
+  table lets ACTIVATE_VERSION remove deleted customers downstream)
 - subscriptions: /subscriptions?status[]=<all five>; lago_id; FULL_TABLE
 - invoices: /invoices; lago_id; INCREMENTAL updated_at, filtered client-side
 - billable_metrics, plans, coupons, add_ons, taxes, applied_coupons, wallets: lago_id;
   FULL_TABLE (no change key in the API)
-- events: /events?timestamp_from&timestamp_to; (transaction_id, external_subscription_id);
-  INCREMENTAL timestamp, server-side, in time windows oldest first, with a lookback window
+- events: /events?timestamp_from&timestamp_to; (transaction_id, external_subscription_id,
+  ``""`` for an event without subscription); INCREMENTAL timestamp, server-side, in time
+  windows oldest first, with a lookback window
 - fees: /fees?created_at_from&created_at_to; lago_id; INCREMENTAL created_at, server-side
 - credit_notes: /credit_notes; lago_id; INCREMENTAL updated_at, filtered client-side
 - wallets: /wallets, or per customer when the server requires external_customer_id
@@ -18,6 +19,9 @@ Replication at a glance (endpoint; primary key; method and key):
 - customer_usage: /customers/{external_customer_id}/current_usage?external_subscription_id=;
   (external_customer_id, external_subscription_id, from_datetime); FULL_TABLE, child of
   active subscriptions
+
+Every FULL_TABLE stream emits ACTIVATE_VERSION (setting ``emit_activate_version_messages``),
+so loaders that support it remove rows that disappeared from Lago.
 
 ``STREAM_TYPES`` (end of file) is the table the tap registers.
 """
@@ -47,6 +51,9 @@ if t.TYPE_CHECKING:
 #: it would drop the filter altogether and still return every status (BEHAVIOUR §3).
 SUBSCRIPTION_STATUSES = ["active", "pending", "terminated", "canceled", "incomplete"]
 
+#: ``external_subscription_id`` of an event sent without a subscription (a key field).
+NO_SUBSCRIPTION = ""
+
 
 class _UpdatedAtStream(LagoStream):
     """No server-side ``updated_at`` filter exists: scan, keep ``updated_at >= bookmark``."""
@@ -72,8 +79,8 @@ class _IssuingDateStream(_UpdatedAtStream):
         return {"issuing_date_from": (since - dt.timedelta(days=1)).date().isoformat()}
 
 
-class CustomersStream(_UpdatedAtStream):
-    """Customers (not deleted); a dimension, so read whole on a first sync."""
+class CustomersStream(LagoStream):
+    """Customers (not deleted): a full table, so deleted customers leave the warehouse."""
 
     name = "customers"
     path = "/customers"
@@ -132,6 +139,8 @@ class EventsStream(LagoWindowedStream):
     name = "events"
     path = "/events"
     primary_keys = ("transaction_id", "external_subscription_id")
+    #: Lago stores events without a subscription (null); a key column cannot be null.
+    key_stand_ins: t.ClassVar[dict[str, t.Any]] = {"external_subscription_id": NO_SUBSCRIPTION}
     replication_key = "timestamp"
     window_params = ("timestamp_from", "timestamp_to")
 

@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import select
+import socket
 import ssl
 import threading
 import time
@@ -44,6 +45,10 @@ class LagoUnavailableError(LagoError):
     """Lago stayed unreachable or kept failing after every allowed retry."""
 
 
+class LagoEndpointError(LagoError):
+    """The API URL is wrong: DNS, refused connection, TLS, or no such endpoint (404)."""
+
+
 @dataclass
 class LagoResponse:
     """A final (non-retried) answer from Lago.
@@ -63,6 +68,8 @@ class LagoResponse:
     content: bytes = b""
     replayed: bool = False
     date: str | None = None
+    sent_at: float = 0.0
+    received_at: float = 0.0
 
     @functools.cached_property
     def body(self) -> Any:
@@ -73,6 +80,16 @@ class LagoResponse:
     def server_time(self) -> float | None:
         """The response's Date header as epoch seconds, when present."""
         return _http_date(self.date)
+
+    @property
+    def server_sent_at(self) -> float:
+        """When the first attempt was sent, by the server's clock as far as known.
+
+        The Date header has whole seconds, so this may be up to a second early.
+        """
+        server = self.server_time
+        offset = 0.0 if server is None else server - self.received_at
+        return self.sent_at + offset
 
     @property
     def ok(self) -> bool:
@@ -106,6 +123,21 @@ class _Reply:
 
 class _NoResponse(Exception):
     """The request got no answer (timeout or lost connection): it may have been applied."""
+
+
+class _Unreachable(Exception):
+    """No connection could be made (DNS, refused, TLS): nothing was sent."""
+
+
+def _unreachable(exc: BaseException) -> str | None:
+    """What makes a connection error a wrong address rather than a passing fault."""
+    if isinstance(exc, socket.gaierror):
+        return f"the host name does not resolve ({exc.strerror or exc})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "the connection was refused (nothing listens on that host and port)"
+    if isinstance(exc, ssl.SSLError):
+        return f"the TLS handshake failed ({exc.reason or type(exc).__name__}; http vs https?)"
+    return None
 
 
 class _Connections:
@@ -146,19 +178,23 @@ class _Connections:
             )
         return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
 
-    def post(self, path: str, data: bytes) -> _Reply:
-        """POST `data` to `path` below the API URL.
+    def send(self, method: str, path: str, data: bytes | None) -> _Reply:
+        """Send a request to `path` below the API URL.
 
         Raises:
+            _Unreachable: When no connection could be made.
             _NoResponse: When no complete answer arrived.
         """
         connection = self._connection()
         try:
-            connection.request("POST", f"{self._prefix}{path}", body=data, headers=self._headers)
+            connection.request(method, f"{self._prefix}{path}", body=data, headers=self._headers)
             response = connection.getresponse()
             content = response.read()
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
+            reason = _unreachable(exc)
+            if reason is not None:
+                raise _Unreachable(reason) from exc
             raise _NoResponse(f"{type(exc).__name__} (no response)") from exc
         with self._lock:
             keep = not response.will_close and not self._closed
@@ -208,15 +244,29 @@ class _Session:
         self._session.mount("https://", adapter)
         self._session.headers.update(headers)
 
-    def post(self, path: str, data: bytes) -> _Reply:
-        """POST `data` to `path` below the API URL.
+    def send(self, method: str, path: str, data: bytes | None) -> _Reply:
+        """Send a request to `path` below the API URL.
 
         Raises:
+            _Unreachable: When no connection could be made.
             _NoResponse: When no complete answer arrived.
         """
         try:
-            response = self._session.post(f"{self._prefix}{path}", data=data, timeout=self._timeout)
+            response = self._session.request(
+                method, f"{self._prefix}{path}", data=data, timeout=self._timeout
+            )
+        except requests.exceptions.SSLError as exc:
+            raise _Unreachable(f"the TLS handshake failed ({exc.__class__.__name__})") from exc
+        except requests.exceptions.ProxyError as exc:
+            msg = "the proxy named by HTTP(S)_PROXY cannot be reached (ProxyError)"
+            raise _Unreachable(msg) from exc
         except (requests.Timeout, requests.ConnectionError) as exc:
+            cause: BaseException | None = exc
+            while cause is not None:
+                reason = _unreachable(cause)
+                if reason is not None:
+                    raise _Unreachable(reason) from exc
+                cause = cause.__cause__ or cause.__context__
             raise _NoResponse(f"{type(exc).__name__} (no response)") from exc
         return _Reply(response.status_code, response.headers, response.content)
 
@@ -259,21 +309,22 @@ class LagoClient:
             max_retries: Retries allowed per request after the first attempt.
             pool_size: Connections kept open (the number of requests in flight).
         """
-        self.api_url = api_url.rstrip("/")
+        self.api_url = redact_url(api_url.rstrip("/"))  # for messages: no password
         self.timeout = timeout
         self.max_retries = max_retries
         headers = {
-            "Authorization": f"Bearer {api_key}",
+            "Authorization": f"Bearer {api_key.strip()}",
             "Content-Type": "application/json",
             "Accept": "application/json",
             "User-Agent": f"target-lago/{__version__}",
         }
         seconds = timeout if timeout > 0 else None
         self._transport: _Connections | _Session
-        if requests.utils.get_environ_proxies(self.api_url):
-            self._transport = _Session(self.api_url, headers, seconds, pool_size)
+        root = api_url.rstrip("/")
+        if requests.utils.get_environ_proxies(root):
+            self._transport = _Session(root, headers, seconds, pool_size)
         else:
-            self._transport = _Connections(self.api_url, headers, seconds)
+            self._transport = _Connections(root, headers, seconds)
         self._stopped = threading.Event()
 
     def stop(self) -> None:
@@ -293,8 +344,8 @@ class LagoClient:
         wait = min(self.backoff_max, self.backoff_base * (2**attempt))
         return random.uniform(wait / 2, wait)
 
-    def post(self, path: str, body: dict) -> LagoResponse:
-        """POST a JSON body, retrying transient failures.
+    def post(self, path: str, body: dict | bytes) -> LagoResponse:
+        """POST a JSON body (a dict, or JSON bytes), retrying transient failures.
 
         Args:
             path: Path below the API URL, e.g. `/events/batch`.
@@ -302,68 +353,132 @@ class LagoClient:
 
         Returns:
             The first non-retriable answer.
+        """
+        return self.request("POST", path, body if isinstance(body, bytes) else encode(body))
+
+    def get(self, path: str, params: Mapping[str, str] | None = None) -> LagoResponse:
+        """GET a path below the API URL (with query parameters), retrying transient failures.
+
+        Args:
+            path: Path below the API URL, e.g. `/events/tx-1`.
+            params: Query parameters.
+
+        Returns:
+            The first non-retriable answer.
+        """
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        return self.request("GET", f"{path}{query}", None)
+
+    def request(
+        self, method: str, path: str, data: bytes | None, *, max_retries: int | None = None
+    ) -> LagoResponse:
+        """Send one request, retrying 429, 5xx, timeouts and dropped connections.
+
+        Args:
+            method: HTTP method.
+            path: Path below the API URL, with its query string.
+            data: The body, or None.
+            max_retries: Retries allowed (default: the client's `max_retries`).
+
+        Returns:
+            The first non-retriable answer.
 
         Raises:
             LagoAuthError: On 401, or a 403 that refuses the key's permissions.
+            LagoEndpointError: When the host cannot be reached (DNS, refused, TLS) or
+                the endpoint does not exist (404 without a resource code).
             LagoUnavailableError: When every retry failed.
         """
-        url = f"{self.api_url}{path}"
-        data = encode(body)
+        url = f"{self.api_url}{path.split('?', 1)[0]}"
+        retries = self.max_retries if max_retries is None else max_retries
         replayed = False
         last_problem = ""
-        for attempt in range(self.max_retries + 1):
+        sent_at = time.time()
+        for attempt in range(retries + 1):
             if self._stopped.is_set():
-                raise LagoError(f"POST {url} abandoned: the run is stopping")
+                raise LagoError(f"{method} {url} abandoned: the run is stopping")
             response: _Reply | None = None
             try:
-                response = self._transport.post(path, data)
+                response = self._transport.send(method, path, data)
+            except _Unreachable as exc:
+                msg = (
+                    f"Cannot reach Lago at api_url {self.api_url}: {exc}. Check the "
+                    "api_url setting (scheme, host and port; US cloud: "
+                    "https://api.getlago.com/api/v1, EU: https://api.eu.getlago.com/api/v1)."
+                )
+                raise LagoEndpointError(msg) from None
             except _NoResponse as exc:
                 # The server may have applied the write before the connection failed.
                 replayed = True
                 last_problem = str(exc)
             else:
                 status = response.status
-                if status in {401, 403}:
-                    parsed = _json(response.content)
-                    code = parsed.get("code") if isinstance(parsed, dict) else None
-                    if status == 401 or code not in RECORD_LEVEL_403_CODES:
-                        msg = (
-                            f"Lago refused the API key: HTTP {status} "
-                            f"{'Unauthorized' if status == 401 else 'Forbidden'}"
-                            f"{f' ({code})' if code else ''} for POST {url}. Check the "
-                            "api_key and api_url settings (and the key's permissions)."
-                        )
-                        raise LagoAuthError(msg)
+                parsed = _json(response.content) if status in {401, 403, 404} else None
+                code = parsed.get("code") if isinstance(parsed, dict) else None
+                if status == 401 or (status == 403 and code not in RECORD_LEVEL_403_CODES):
+                    msg = (
+                        f"Lago refused the API key: HTTP {status} "
+                        f"{'Unauthorized' if status == 401 else 'Forbidden'}"
+                        f"{f' ({code})' if code else ''} for {method} {url}. Check the "
+                        "api_key and api_url settings (and the key's permissions)."
+                    )
+                    raise LagoAuthError(msg)
+                if status == 404 and code in {None, "resource_not_found"}:
+                    msg = (
+                        f"Lago has no endpoint {method} {url} (HTTP 404"
+                        f"{f' {code}' if code else ''}). Check the api_url setting: it must "
+                        "be the API root ending in /api/v1, e.g. https://api.getlago.com/api/v1."
+                    )
+                    raise LagoEndpointError(msg)
                 if status not in RETRY_STATUSES:
                     return LagoResponse(
                         status=status,
                         content=response.content,
                         replayed=replayed,
                         date=response.headers.get("Date"),
+                        sent_at=sent_at,
+                        received_at=time.time(),
                     )
                 last_problem = f"HTTP {status}"
-            if attempt < self.max_retries:
+            if attempt < retries:
                 wait = self._wait_seconds(attempt, response)
                 LOGGER.warning(
-                    "POST %s failed with %s; retry %d of %d in %.2fs",
+                    "%s %s failed with %s; retry %d of %d in %.2fs",
+                    method,
                     url,
                     last_problem,
                     attempt + 1,
-                    self.max_retries,
+                    retries,
                     wait,
                 )
                 self._sleep(wait)
         msg = (
-            f"POST {url} still failing after {self.max_retries} retries "
+            f"{method} {url} still failing after {retries} retries "
             f"(last: {last_problem}). Nothing after the last STATE message is "
             "acknowledged; rerun the same input: deliveries are idempotent."
         )
         raise LagoUnavailableError(msg)
 
 
+def redact_url(url: str) -> str:
+    """The URL without a password it may carry (`https://user:***@host/...`)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return url.split("@", 1)[-1] if "@" in url else url
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}" if user else host))
+
+
 def encode(body: Any) -> bytes:
-    """A request body (already JSON-ready, see `mapping.plain`) as compact JSON."""
-    return msgspec.json.encode(body, enc_hook=json_default)
+    """A request body (already JSON-ready, see `mapping.plain`) as compact JSON.
+
+    Keys are sorted, so equal bodies are equal bytes whatever their columns' order.
+    """
+    return msgspec.json.encode(body, enc_hook=json_default, order="sorted")
 
 
 def _json(content: bytes) -> Any:

@@ -1,129 +1,20 @@
-"""Turn Singer records into Lago write bodies: timestamps, ids and read-only fields."""
+"""Conversions every action shares: timestamps, numbers, JSON-ready values, rejections."""
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
-import hashlib
 import json
+import math
 import re
 import typing as t
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import pendulum
 
-# Fields of tap-lago records that the API computes itself and a write must not carry.
-EVENT_READ_ONLY = frozenset(
-    {"lago_id", "lago_customer_id", "lago_subscription_id", "created_at", "updated_at"}
-)
-EVENT_FIELDS = frozenset(
-    {
-        "transaction_id",
-        "code",
-        "timestamp",
-        "external_subscription_id",
-        "precise_total_amount_cents",
-        "properties",
-    }
-)
-CUSTOMER_FIELDS = frozenset(
-    {
-        "external_id",
-        "billing_entity_code",
-        "address_line1",
-        "address_line2",
-        "city",
-        "country",
-        "currency",
-        "email",
-        "legal_name",
-        "legal_number",
-        "logo_url",
-        "name",
-        "firstname",
-        "lastname",
-        "account_type",
-        "customer_type",
-        "phone",
-        "state",
-        "tax_codes",
-        "tax_identification_number",
-        "timezone",
-        "url",
-        "zipcode",
-        "net_payment_term",
-        "finalize_zero_amount_invoice",
-        "billing_configuration",
-        "shipping_address",
-        "integration_customers",
-        "metadata",
-        "skip_invoice_custom_sections",
-        "invoice_custom_section_codes",
-    }
-)
-CUSTOMER_READ_ONLY = frozenset(
-    {
-        "lago_id",
-        "sequential_id",
-        "slug",
-        "applicable_timezone",
-        "created_at",
-        "updated_at",
-        "error_details",
-        "taxes",
-        "applicable_invoice_custom_sections",
-    }
-)
-SUBSCRIPTION_FIELDS = frozenset(
-    {
-        "external_customer_id",
-        "plan_code",
-        "external_id",
-        "name",
-        "billing_time",
-        "subscription_at",
-        "ending_at",
-        "billing_entity_code",
-        "consolidate_invoice",
-        "purchase_order_number",
-        "plan_overrides",
-        "invoice_custom_section",
-    }
-)
-SUBSCRIPTION_READ_ONLY = frozenset(
-    {
-        "lago_id",
-        "lago_customer_id",
-        "status",
-        "created_at",
-        "canceled_at",
-        "started_at",
-        "terminated_at",
-        "previous_plan_code",
-        "next_plan_code",
-        "downgrade_plan_date",
-        "trial_ended_at",
-        "current_billing_period_started_at",
-        "current_billing_period_ending_at",
-        "on_termination_credit_note",
-        "on_termination_invoice",
-        "plan_amount_cents",
-        "plan_amount_currency",
-        "applied_invoice_custom_sections",
-        "payment_method",
-        "cancellation_reason",
-        "activated_at",
-        "activation_rules",
-        "plan",
-        "applicable_usage_thresholds",
-    }
-)
-_NOT_PROPERTIES = EVENT_FIELDS | EVENT_READ_ONLY
-# Subscriptions in these states are history: re-posting them would start a new one.
-SKIPPED_SUBSCRIPTION_STATUSES = frozenset({"terminated", "canceled", "incomplete"})
-
-_NUMERIC = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+# ASCII digits only: Python reads full-width digits as numbers, Lago (Ruby) reads them as 0.
+_NUMERIC = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
 # 10^11 seconds is the year 5138: a larger epoch value is milliseconds, which Lago
 # would silently read as seconds.
 _MAX_EPOCH_SECONDS = 10**11
@@ -134,8 +25,8 @@ _NAIVE_EPOCH = dt.datetime(1970, 1, 1)  # naive moments are UTC
 _COMMON_ISO = re.compile(
     r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3}|\.\d{6})?(Z|[+-]\d{2}:\d{2})?\Z", re.ASCII
 )
-_SCALARS = frozenset({str, int, float, bool, type(None)})
-_quote = json.encoder.encode_basestring_ascii
+SCALARS = frozenset({str, int, float, bool, type(None)})
+
 
 
 class RecordRejected(Exception):
@@ -146,16 +37,20 @@ class RecordRejected(Exception):
         message: A sentence naming the field and the offending value.
     """
 
-    def __init__(self, details: dict[str, list[str]], message: str) -> None:
+    def __init__(
+        self, details: dict[str, list[str]], message: str, transaction_id: str | None = None
+    ) -> None:
         """Create the rejection.
 
         Args:
             details: Field -> error codes, in Lago's `error_details` shape.
             message: Human-readable reason naming the field.
+            transaction_id: The event's transaction id, when it could be made.
         """
         super().__init__(message)
         self.details = details
         self.message = message
+        self.transaction_id = transaction_id
 
 
 class RecordSkipped(Exception):
@@ -180,13 +75,13 @@ def plain(value: Any) -> Any:
     (a string only when a float would change the value), so properties keep their type.
     """
     kind = type(value)
-    if kind in _SCALARS:
+    if kind in SCALARS:
         return value
     if kind is decimal.Decimal:
         return _number(value)
     if kind is dict:  # the common case, without a call per plain value
         return {
-            k if type(k) is str else str(k): v if type(v) in _SCALARS else plain(v)
+            k if type(k) is str else str(k): v if type(v) in SCALARS else plain(v)
             for k, v in value.items()
         }
     if isinstance(value, dict):
@@ -306,6 +201,19 @@ def _fast_iso(text: str) -> dt.datetime | None:
         return None  # e.g. February 30th: pendulum words the rejection
 
 
+def iso_moment(text: str) -> str | None:
+    """An ISO-8601 date-time as UTC `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` (naive is UTC).
+
+    Returns None for text that is not one of the common ISO-8601 date-time forms.
+    """
+    moment = _fast_iso(text) if len(text) >= 19 else None
+    if moment is None:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.timezone.utc)
+    return moment.replace(tzinfo=None).isoformat() + "Z"
+
+
 def _epoch_of_datetime(value: Any, moment: dt.datetime) -> int | str:
     """Epoch seconds of a moment (naive means UTC), as `to_epoch` returns them."""
     # Plain datetime arithmetic (a pendulum DateTime would build an Interval).
@@ -317,63 +225,12 @@ def _epoch_of_datetime(value: Any, moment: dt.datetime) -> int | str:
     return seconds if not micro else f"{seconds}.{micro:06d}".rstrip("0")
 
 
-def transaction_id(stream: str, record: Mapping[str, Any], keys: Sequence[str]) -> str:
-    """Derive a stable transaction id for an event record that has none.
-
-    The stream's key properties identify the row when the stream has them; otherwise
-    the whole record does. The stream name is part of the hash so that two tables with
-    overlapping row ids never collide. Same inputs give the same id in every process.
-
-    Args:
-        stream: Stream name (after stream maps).
-        record: The record.
-        keys: The stream's key properties.
-
-    Returns:
-        "tl-" followed by 40 hex characters.
-    """
-    if keys and all(record.get(key) is not None for key in keys):
-        text = _keys_text(stream, record, keys)
-        if text is not None:
-            return "tl-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:40]
-        basis: dict[str, Any] = {"keys": {key: record[key] for key in keys}}
-    else:
-        basis = {"record": {k: v for k, v in record.items() if not k.startswith("_sdc_")}}
-    basis["stream"] = stream
-    text = json.dumps(plain(basis), sort_keys=True, separators=(",", ":"))
-    return "tl-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:40]
-
-
-def _keys_text(stream: str, record: Mapping[str, Any], keys: Sequence[str]) -> str | None:
-    """The JSON text `transaction_id` hashes, written directly (None: use json.dumps).
-
-    Equal to `json.dumps(basis, sort_keys=True, separators=(",", ":"))` when every key
-    value is a string or an integer.
-    """
-    if len(set(keys)) != len(keys):
-        return None  # a key named twice: json.dumps keeps it once
-    parts = []
-    for key in sorted(keys):
-        value = record[key]
-        kind = type(value)
-        if kind is str:
-            parts.append(f"{_quote(key)}:{_quote(value)}")
-        elif kind is int:
-            parts.append(f"{_quote(key)}:{value}")
-        else:
-            return None
-    return f'{{"keys":{{{",".join(parts)}}},"stream":{_quote(stream)}}}'
-
-
-def _missing(value: Any) -> bool:
+def missing(value: Any) -> bool:
+    """Whether a required value is absent: None, or text that is empty or blank."""
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def _jsonable(value: Any) -> Any:
-    return plain(value)
-
-
-def _json_object(text: str) -> Any:
+def json_object(text: str) -> Any:
     """A JSON object given as text (warehouses often store JSON as text), else the text."""
     try:
         value = json.loads(text)
@@ -382,171 +239,113 @@ def _json_object(text: str) -> Any:
     return value if isinstance(value, dict) else text
 
 
-def event_payload(stream: str, record: Mapping[str, Any], keys: Sequence[str]) -> dict:
-    """Build one element of `POST /events/batch` from a record.
-
-    Args:
-        stream: Stream name, for the derived transaction id.
-        record: The record (warehouse row or tap-lago event).
-        keys: The stream's key properties.
-
-    Returns:
-        The event body.
+def refuse_unsendable(body: Mapping[str, Any]) -> None:
+    """Reject a body holding a value JSON cannot carry faithfully (see `unsendable`).
 
     Raises:
-        RecordRejected: When `code`, `external_subscription_id` or `timestamp` is
-            missing, or the timestamp cannot be read.
+        RecordRejected: Naming the field.
     """
-    details: dict[str, list[str]] = {}
-    reasons: list[str] = []
-    payload: dict[str, Any] = {}
-    for field in ("code", "external_subscription_id"):
-        if _missing(record.get(field)):
-            details[field] = ["value_is_mandatory"]
-            reasons.append(f"'{field}' is missing or empty")
-        else:
-            payload[field] = str(record[field])
-    if _missing(record.get("transaction_id")):
-        payload["transaction_id"] = transaction_id(stream, record, keys)
-    else:
-        payload["transaction_id"] = str(record["transaction_id"])
-    if _missing(record.get("timestamp")):
-        # Lago would use its receive time: a replay would then be a different event
-        # for a ClickHouse event store, which deduplicates on (transaction_id, timestamp).
-        details["timestamp"] = ["value_is_mandatory"]
-        reasons.append("'timestamp' is missing (a replayed event must keep its time)")
-    else:
-        try:
-            payload["timestamp"] = to_epoch(record["timestamp"])
-        except ValueError as exc:
-            details["timestamp"] = ["invalid_format"]
-            reasons.append(f"'timestamp' {exc} (give ISO-8601, a date or epoch seconds)")
-    amount = record.get("precise_total_amount_cents")
-    if amount is not None:
-        payload["precise_total_amount_cents"] = str(amount)
-    properties = record.get("properties")
-    if isinstance(properties, str):
-        properties = _json_object(properties)
-    if isinstance(properties, Mapping):
-        payload["properties"] = _jsonable(dict(properties))
-    elif properties is not None:
-        details["properties"] = ["invalid_type"]
-        reasons.append(
-            f"'properties' must be an object or a JSON object string, "
-            f"got {type(properties).__name__}"
-        )
-    else:
-        # The other columns, made JSON-ready in the same pass (as `plain` would).
-        built = {
-            key: value if type(value) in _SCALARS else plain(value)
-            for key, value in record.items()
-            if key not in _NOT_PROPERTIES and value is not None and not key.startswith("_sdc_")
-        }
-        if built:
-            payload["properties"] = built
-    if details:
-        raise RecordRejected(details, "; ".join(reasons))
-    return payload
+    problem = unsendable(body, "")
+    if problem is not None:
+        raise RecordRejected({problem[0]: ["value_is_invalid"]}, problem[1])
 
 
-def customer_payload(record: Mapping[str, Any]) -> tuple[dict, list[str]]:
-    """Build the `customer` body of `POST /customers` (an upsert on `external_id`).
+# Deepest nesting of objects and arrays a record value may have (Lago stores properties as
+# JSON; the limit keeps a pathological row from exhausting the interpreter's stack).
+MAX_DEPTH = 32
 
-    tap-lago's output shapes are converted to input shapes: `taxes` become
-    `tax_codes`, custom sections become their codes, metadata and integrations lose
-    their ids. Keys absent from the record stay absent (Lago leaves them unchanged).
+
+def unsendable(value: Any, path: str, depth: int = 0) -> tuple[str, str] | None:
+    """The first value JSON cannot carry faithfully.
+
+    That is NaN or infinity, a lone surrogate, or nesting deeper than `MAX_DEPTH`.
 
     Args:
-        record: The record.
+        value: A record value.
+        path: Its dotted path, for the message ("" for the record's top level).
+        depth: Its nesting depth.
 
     Returns:
-        The body and the record's columns that Lago cannot take (ignored).
+        (field path, reason), or None when the value can be sent as it is.
+    """
+    kind = type(value)
+    if kind is dict or isinstance(value, Mapping):
+        if depth >= MAX_DEPTH:
+            return path, f"'{path}' is nested more than {MAX_DEPTH} levels deep"
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if type(key) is str and (_has_surrogate(key) or "\x00" in key):
+                return where, f"'{where}' has a key that is not valid Unicode text"
+            kind = type(item)
+            if kind in (int, bool, type(None)) or (
+                kind is str and item.isascii() and "\x00" not in item
+            ):
+                continue
+            found = unsendable(item, where, depth + 1)
+            if found is not None:
+                return found
+        return None
+    if kind is str:
+        if _has_surrogate(value):
+            return path, f"'{path}' is not valid Unicode text (lone surrogate)"
+        if "\x00" in value:
+            return path, f"'{path}' holds a NUL character, which Lago's database cannot store"
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return path, f"'{path}' is {value}, which JSON cannot carry (it would arrive as null)"
+    if isinstance(value, decimal.Decimal) and not value.is_finite():
+        return path, f"'{path}' is {value}, which JSON cannot carry (it would arrive as null)"
+    if isinstance(value, (list, tuple)):
+        if depth >= MAX_DEPTH:
+            return path, f"'{path}' is nested more than {MAX_DEPTH} levels deep"
+        for index, item in enumerate(value):
+            found = unsendable(item, f"{path}[{index}]", depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+# Lago stores precise_total_amount_cents as DECIMAL(40, 15): 25 digits before the point.
+_MAX_AMOUNT = decimal.Decimal(10) ** 25
+_AMOUNT_PLACES = decimal.Decimal(10) ** -15
+_WIDE = decimal.Context(prec=80)
+
+
+def decimal_text(value: Any) -> str:
+    """An amount as the decimal string Lago reads exactly.
 
     Raises:
-        RecordRejected: When `external_id` is missing.
+        ValueError: For anything Lago would silently store as 0 or could not hold: text
+            that is not a number, NaN, infinity, a boolean, 10^25 and more, or digits
+            beyond the 15th decimal place (Lago would round them away).
     """
-    if _missing(record.get("external_id")):
-        raise RecordRejected(
-            {"external_id": ["value_is_mandatory"]}, "'external_id' is missing or empty"
-        )
-    body: dict[str, Any] = {}
-    ignored: list[str] = []
-    for key, value in record.items():
-        if key in CUSTOMER_FIELDS:
-            body[key] = value
-        elif key not in CUSTOMER_READ_ONLY and not key.startswith("_sdc_"):
-            ignored.append(key)
-    body["external_id"] = str(body["external_id"])
-    if "tax_codes" not in body and isinstance(record.get("taxes"), list):
-        body["tax_codes"] = _codes(record["taxes"])
-    sections = record.get("applicable_invoice_custom_sections")
-    if "invoice_custom_section_codes" not in body and isinstance(sections, list):
-        body["invoice_custom_section_codes"] = _codes(sections)
-    if isinstance(body.get("metadata"), list):
-        body["metadata"] = [
-            {k: v for k, v in item.items() if k in {"id", "key", "value", "display_in_invoice"}}
-            for item in body["metadata"]
-            if isinstance(item, Mapping)
-        ]
-    if isinstance(body.get("integration_customers"), list):
-        body["integration_customers"] = [
-            _integration(item)
-            for item in body["integration_customers"]
-            if isinstance(item, Mapping)
-        ]
-    return _jsonable(body), ignored
-
-
-def _codes(items: Iterable[Any]) -> list[str]:
-    return [str(item["code"]) for item in items if isinstance(item, Mapping) and item.get("code")]
-
-
-def _integration(item: Mapping[str, Any]) -> dict:
-    out = {k: v for k, v in item.items() if k not in {"lago_id", "type"}}
-    if "integration_type" not in out and item.get("type") is not None:
-        out["integration_type"] = item["type"]
-    return out
-
-
-def subscription_payload(record: Mapping[str, Any]) -> tuple[dict, list[str]]:
-    """Build the `subscription` body of `POST /subscriptions`.
-
-    Args:
-        record: The record (warehouse row or tap-lago subscription).
-
-    Returns:
-        The body and the record's columns that Lago cannot take (ignored).
-
-    Raises:
-        RecordSkipped: For a terminated, canceled or incomplete subscription.
-        RecordRejected: When a required field is missing or a date cannot be read.
-    """
-    status = record.get("status")
-    if isinstance(status, str) and status in SKIPPED_SUBSCRIPTION_STATUSES:
-        raise RecordSkipped(f"status is {status}")
-    details: dict[str, list[str]] = {}
-    reasons: list[str] = []
-    for field in ("external_customer_id", "plan_code", "external_id"):
-        if _missing(record.get(field)):
-            details[field] = ["value_is_mandatory"]
-            reasons.append(f"'{field}' is missing or empty")
-    body: dict[str, Any] = {}
-    ignored: list[str] = []
-    for key, value in record.items():
-        if key in SUBSCRIPTION_FIELDS:
-            if value is not None:
-                body[key] = value
-        elif key not in SUBSCRIPTION_READ_ONLY and not key.startswith("_sdc_"):
-            ignored.append(key)
-    for field in ("subscription_at", "ending_at"):
-        if field in body:
-            try:
-                body[field] = to_iso(body[field])
-            except ValueError as exc:
-                details[field] = ["invalid_date"]
-                reasons.append(f"'{field}' {exc}")
-    if details:
-        raise RecordRejected(details, "; ".join(reasons))
-    for field in ("external_customer_id", "plan_code", "external_id"):
-        body[field] = str(body[field])
-    return _jsonable(body), ignored
+    if isinstance(value, bool) or not isinstance(value, (int, float, decimal.Decimal, str)):
+        raise ValueError(f"must be a number, got {type(value).__name__} {value!r}")
+    text = value.strip() if isinstance(value, str) else None
+    if text is not None and not _NUMERIC.match(text):
+        raise ValueError(f"{value!r} is not a decimal number")
+    if text is not None:
+        number = decimal.Decimal(text)
+    elif isinstance(value, float):
+        number = decimal.Decimal(repr(value))
+    else:
+        number = decimal.Decimal(value)
+    if not number.is_finite():
+        raise ValueError(f"{value!r} is not a finite number")
+    if abs(number) >= _MAX_AMOUNT:
+        raise ValueError(f"{value!r} is out of range (at most 25 digits before the point)")
+    if number != number.quantize(_AMOUNT_PLACES, rounding=decimal.ROUND_DOWN, context=_WIDE):
+        raise ValueError(f"{value!r} has more than 15 decimal places (Lago keeps 15)")
+    # One spelling per amount ("12.50", 12.5 and "1.25e1" are the same event).
+    normal = number.normalize(_WIDE)
+    return format(normal if normal != 0 else decimal.Decimal(0), "f")

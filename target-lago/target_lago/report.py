@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,14 +13,23 @@ from typing import Any
 
 from target_lago.mapping import json_default
 
-COUNTERS = ("received", "delivered", "already_present", "rejected", "skipped")
+COUNTERS = (
+    "received",
+    "delivered",
+    "already_present",
+    "rejected",
+    "skipped",
+    "accepted_unverified",
+)
 
 
 @dataclass
 class StreamStats:
     """Counts for one stream; every record received ends in exactly one other counter.
 
-    In a dry run `delivered` counts the records that would be sent.
+    `delivered`: stored by Lago in this run. `already_present`: Lago held it before.
+    `accepted_unverified`: acknowledged by a ClickHouse event store, which answers a new
+    event and a duplicate alike. In a dry run `delivered` counts what would be sent.
     """
 
     stream: str
@@ -27,6 +37,7 @@ class StreamStats:
     received: int = 0
     delivered: int = 0
     already_present: int = 0
+    accepted_unverified: int = 0
     rejected: int = 0
     skipped: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -46,6 +57,21 @@ class StreamStats:
         counts = " ".join(f"{name}={getattr(self, name)}" for name in COUNTERS)
         mode = " (dry run: delivered = would send)" if dry_run else ""
         return f"summary stream={self.stream} action={self.action} {counts}{mode}"
+
+
+class DeadLetterError(Exception):
+    """A rejected record could not be written to the dead-letter file (fatal)."""
+
+
+def _finite(value: Any) -> Any:
+    """A copy with NaN and infinities as strings (strict JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 class RunReport:
@@ -93,6 +119,8 @@ class RunReport:
         error_code: str | None,
         details: Any,
         message: str,
+        key_properties: list[str] | None = None,
+        transaction_id: str | None = None,
     ) -> None:
         """Count a rejected record, log it and append it to the dead-letter file.
 
@@ -103,6 +131,8 @@ class RunReport:
             error_code: Lago's error code, or `invalid_record` for local checks.
             details: Lago's error details (field -> codes) or the local equivalent.
             message: One sentence naming the field and the problem.
+            key_properties: The stream's key properties (to re-send the record).
+            transaction_id: The event's transaction id, when one was made.
         """
         stats.add("rejected")
         line = {
@@ -113,9 +143,16 @@ class RunReport:
             "error_code": error_code,
             "details": details,
             "message": message,
+            "key_properties": key_properties or [],
+            "transaction_id": transaction_id,
             "record": record,
         }
-        text = json.dumps(line, default=json_default, ensure_ascii=False)
+        try:
+            text = json.dumps(line, default=json_default, ensure_ascii=False, allow_nan=False)
+            text.encode("utf-8")
+        except (ValueError, UnicodeEncodeError):
+            # NaN or a lone surrogate: written as text and as a \u escape, still JSON.
+            text = json.dumps(_finite(line), default=json_default)
         self.logger.warning(
             "Rejected a record of stream '%s' (%s, HTTP %s, %s): %s",
             stats.stream,
@@ -128,9 +165,17 @@ class RunReport:
             self.logger.warning("Rejected record: %s", text)
             return
         with self._lock:
-            self.dead_letter_path.parent.mkdir(parents=True, exist_ok=True)
-            with self.dead_letter_path.open("a", encoding="utf-8") as handle:
-                handle.write(text + "\n")
+            try:
+                self.dead_letter_path.parent.mkdir(parents=True, exist_ok=True)
+                with self.dead_letter_path.open("a", encoding="utf-8") as handle:
+                    handle.write(text + "\n")
+            except OSError as exc:
+                # The record would be lost: stop the run before any STATE passes it.
+                msg = (
+                    f"cannot write the dead-letter file {self.dead_letter_path} "
+                    f"({exc.strerror or exc}): check the dead_letter_path setting and the disk"
+                )
+                raise DeadLetterError(msg) from None
 
     def log_summary(self, *, dry_run: bool = False) -> None:
         """Log one summary line per stream."""

@@ -1,4 +1,4 @@
-"""One sink per Lago action, over a shared base that validates, maps and settles."""
+"""The base every action's sink shares: validation, dead letters, dry run, ordering."""
 
 from __future__ import annotations
 
@@ -10,14 +10,8 @@ from dataclasses import dataclass
 from singer_sdk.exceptions import InvalidRecord
 from singer_sdk.sinks import BatchSink
 
-from target_lago.mapping import (
-    RecordRejected,
-    RecordSkipped,
-    customer_payload,
-    event_payload,
-    json_default,
-    subscription_payload,
-)
+from target_lago.client import encode
+from target_lago.mapping import RecordRejected, RecordSkipped, json_default, unsendable
 from target_lago.validation import RecordValidator
 
 if t.TYPE_CHECKING:
@@ -26,16 +20,21 @@ if t.TYPE_CHECKING:
 
 DRY_RUN_SHOWN = 5
 """Payloads printed per stream in a dry run."""
-ALREADY_EXISTS = {"transaction_id": ["value_already_exist"]}
+
+
+class StreamSetupError(Exception):
+    """A stream whose records cannot be written safely as declared (fatal at its SCHEMA)."""
 
 
 @dataclass
+@dataclass
 class Item:
-    """A record and the body built from it."""
+    """A record, the body built from it and that body as JSON."""
 
     record: dict
     payload: dict
     key: str
+    data: bytes = b""
 
 
 class LagoSink(BatchSink):
@@ -49,6 +48,8 @@ class LagoSink(BatchSink):
     endpoint: t.ClassVar[str]
     root_key: t.ClassVar[str]
     rank: t.ClassVar[int]
+    #: Whether the body carries a list of records under `root_key` (events).
+    batched: t.ClassVar[bool] = False
     #: Fields the mapping reads itself, in any form it accepts: their declared types in
     #: the incoming schema are not enforced (stream maps type a dict expression as string).
     self_parsed: t.ClassVar[tuple[str, ...]] = ()
@@ -114,6 +115,11 @@ class LagoSink(BatchSink):
                     {field: ["schema_validation"]},
                     f"does not match the stream's schema: {exc.error_message}",
                 )
+            except RecursionError:
+                self._problem = (
+                    {"record": ["value_is_invalid"]},
+                    "is nested too deeply to be checked against the stream's schema",
+                )
         # Timestamps are read by the mapping (any accepted form), never by the SDK,
         # so an unparseable one rejects its record instead of stopping the run.
         return record
@@ -138,12 +144,23 @@ class LagoSink(BatchSink):
             if self._problem is not None:
                 raise RecordRejected(*self._problem)
             payload, key = self.build(record)
+            item = Item(record, payload, key, _encode(payload))
         except RecordRejected as exc:
-            self.reject(record, None, "invalid_record", exc.details, exc.message)
+            tid = exc.transaction_id
+            self.reject(
+                record,
+                None,
+                "invalid_record",
+                exc.details,
+                exc.message,
+                payload={"transaction_id": tid} if tid else None,
+            )
             return
         except RecordSkipped as exc:
             self.stats.add("skipped")
             self.logger.info("Skipped a record of stream '%s': %s", self.stream_name, exc)
+            return
+        if not self.admit(item):
             return
         if self.lago.dry_run:
             self.stats.add("delivered")
@@ -152,10 +169,17 @@ class LagoSink(BatchSink):
                 self.logger.info(
                     "dry run: would POST %s %s",
                     self.endpoint,
-                    json.dumps({self.root_key: payload}, default=json_default),
+                    json.dumps(
+                        {self.root_key: [payload] if self.batched else payload},
+                        default=json_default,
+                    ),
                 )
             return
-        context.setdefault("records", []).append(Item(record, payload, key))
+        context.setdefault("records", []).append(item)
+
+    def admit(self, item: Item) -> bool:
+        """Whether a mapped record goes on to Lago (False: it was settled here)."""
+        return True
 
     def warn_ignored(self, columns: list[str]) -> None:
         """Warn once per stream about columns Lago's write endpoint does not take."""
@@ -175,6 +199,8 @@ class LagoSink(BatchSink):
         code: str | None,
         details: t.Any,
         message: str,
+        *,
+        payload: dict | None = None,
     ) -> None:
         """Dead-letter one record.
 
@@ -184,6 +210,7 @@ class LagoSink(BatchSink):
             code: Lago's error code.
             details: Lago's error details.
             message: Reason naming the field.
+            payload: The body built from the record, when there is one.
         """
         self.lago.report.reject(
             self.stats,
@@ -192,6 +219,8 @@ class LagoSink(BatchSink):
             error_code=code,
             details=details,
             message=message,
+            key_properties=list(self.key_properties or []),
+            transaction_id=(payload or {}).get("transaction_id"),
         )
 
     def reject_response(self, item: Item, response: LagoResponse, details: t.Any) -> None:
@@ -203,6 +232,7 @@ class LagoSink(BatchSink):
             details,
             f"Lago refused {item.key}: HTTP {response.status} {response.error_code} "
             f"{json.dumps(details, default=json_default)}",
+            payload=item.payload,
         )
 
     def process_batch(self, context: dict) -> None:
@@ -225,7 +255,7 @@ class LagoSink(BatchSink):
         raise NotImplementedError
 
 
-class _OneByOneSink(LagoSink):
+class OneByOneSink(LagoSink):
     """Customers and subscriptions: one request per record, records of one key in order.
 
     Different keys go out in parallel (up to `max_in_flight`); the batch is fully
@@ -233,6 +263,7 @@ class _OneByOneSink(LagoSink):
     """
 
     def deliver(self, items: list[Item]) -> None:
+        """Send each key's records in order, different keys in parallel."""
         groups: dict[str, list[Item]] = defaultdict(list)
         for item in items:
             groups[item.key].append(item)
@@ -244,7 +275,8 @@ class _OneByOneSink(LagoSink):
 
     def _deliver_group(self, group: list[Item]) -> None:
         for item in group:
-            response = self.lago.client.post(self.endpoint, {self.root_key: item.payload})
+            body = b'{"' + self.root_key.encode() + b'":' + item.data + b"}"
+            response = self.lago.client.post(self.endpoint, body)
             if response.ok:
                 self.settle_ok(item, response)
             else:
@@ -256,137 +288,10 @@ class _OneByOneSink(LagoSink):
         self.stats.add("delivered")
 
 
-class CustomersSink(_OneByOneSink):
-    """`POST /customers`: create or update the customer with this `external_id`."""
-
-    action = "customers"
-    endpoint = "/customers"
-    root_key = "customer"
-    rank = 0
-
-    def build(self, record: dict) -> tuple[dict, str]:
-        """Map a record to a customer body."""
-        payload, ignored = customer_payload(record)
-        self.warn_ignored(ignored)
-        return payload, f"customer {payload['external_id']!r}"
-
-
-class SubscriptionsSink(_OneByOneSink):
-    """`POST /subscriptions`: assign a plan; the same plan again is a no-op."""
-
-    action = "subscriptions"
-    endpoint = "/subscriptions"
-    root_key = "subscription"
-    rank = 1
-    self_parsed = ("subscription_at", "ending_at")
-
-    def build(self, record: dict) -> tuple[dict, str]:
-        """Map a record to a subscription body."""
-        payload, ignored = subscription_payload(record)
-        self.warn_ignored(ignored)
-        return payload, f"subscription {payload['external_id']!r}"
-
-    def order(self, groups: list[list[Item]]) -> list[list[Item]]:
-        """Send an active subscription before a pending one of the same external_id."""
-        return [
-            sorted(group, key=lambda item: item.record.get("status") == "pending")
-            for group in groups
-        ]
-
-    def settle_ok(self, item: Item, response: LagoResponse) -> None:
-        """Count a re-post that returned an older subscription as already present."""
-        body = response.body if isinstance(response.body, dict) else {}
-        created = (body.get("subscription") or {}).get("created_at")
-        if self.lago.existed_before(created, response.server_time):
-            self.stats.add("already_present")
-        else:
-            self.stats.add("delivered")
-
-
-class EventsSink(LagoSink):
-    """`POST /events/batch`: at most 100 events, settled index by index on a 422."""
-
-    action = "events"
-    endpoint = "/events/batch"
-    root_key = "events"
-    rank = 2
-    self_parsed = ("timestamp", "properties")
-
-    def build(self, record: dict) -> tuple[dict, str]:
-        """Map a record to an event body."""
-        payload = event_payload(self.stream_name, record, self.key_properties)
-        return payload, f"event {payload['transaction_id']!r}"
-
-    @property
-    def max_size(self) -> int:
-        """Records drained at once: one request of `batch_size` per request in flight.
-
-        Draining fewer, larger batches saves the SDK's per-drain work (logs, metrics);
-        each request still carries at most `batch_size` events.
-        """
-        return self._max_size * self.lago.inflight.limit
-
-    def deliver(self, items: list[Item]) -> None:
-        """Hand the drained records to the workers, `batch_size` per request.
-
-        Returns once they are queued (a bounded backlog); STATE waits for their
-        acknowledgement (see `TargetLago`).
-        """
-        size = self._max_size
-        for start in range(0, len(items), size):
-            self.lago.inflight.submit(self._deliver_batch, items[start : start + size])
-
-    def _deliver_batch(self, items: list[Item]) -> None:
-        # Lago flags a repeated transaction_id inside one batch as already existing
-        # even for another subscription, so such events go in a later request.
-        rounds: list[list[Item]] = []
-        seen: list[set[str]] = []
-        for item in items:
-            tid = item.payload["transaction_id"]
-            for round_items, ids in zip(rounds, seen, strict=True):
-                if tid not in ids:
-                    round_items.append(item)
-                    ids.add(tid)
-                    break
-            else:
-                rounds.append([item])
-                seen.append({tid})
-        for round_items in rounds:
-            self._settle(round_items)
-
-    def _settle(self, items: list[Item]) -> None:
-        pending = items
-        # Every 422 answer settles at least one index, so len(items) + 1 posts suffice.
-        for _ in range(len(items) + 1):
-            response = self.lago.client.post(
-                self.endpoint, {"events": [item.payload for item in pending]}
-            )
-            if response.ok:
-                self.stats.add("delivered", len(pending))
-                return
-            details = response.error_details
-            by_index = (
-                response.status == 422
-                and isinstance(details, dict)
-                and bool(details)
-                and all(str(key).isdigit() and int(key) < len(pending) for key in details)
-            )
-            if not by_index:
-                for item in pending:
-                    self.reject_response(item, response, details or response.body)
-                return
-            retry: list[Item] = []
-            for index, item in enumerate(pending):
-                errors = details.get(str(index))
-                if errors is None:
-                    retry.append(item)
-                elif errors == ALREADY_EXISTS:
-                    # After a lost response, the earlier attempt is what stored it.
-                    self.stats.add("delivered" if response.replayed else "already_present")
-                else:
-                    self.reject_response(item, response, errors)
-            if not retry:
-                return
-            pending = retry
-        msg = f"events batch of stream '{self.stream_name}' did not settle"
-        raise RuntimeError(msg)
+def _encode(payload: dict) -> bytes:
+    """The JSON of a body; a value JSON cannot carry rejects the record."""
+    try:
+        return encode(payload)
+    except UnicodeEncodeError:
+        problem = unsendable(payload, "") or ("record", "a value is not valid Unicode text")
+        raise RecordRejected({problem[0]: ["value_is_invalid"]}, problem[1]) from None

@@ -5,41 +5,81 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import fnmatch
+import io
+import json
+import re
+import signal
 import sys
 import typing as t
+import urllib.parse
+from pathlib import Path
 
 import msgspec
 from singer_sdk import Target
 from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError
+from singer_sdk.helpers.capabilities import PluginCapabilities, TargetCapabilities
 from singer_sdk.io_base import SingerReader
 
-from target_lago.client import LagoClient, LagoError
+from target_lago.actions import ACTIONS
+from target_lago.actions.events import SeenEvents
+from target_lago.client import LagoClient, LagoEndpointError, LagoError, redact_url
 from target_lago.inflight import InFlight
-from target_lago.report import RunReport
-from target_lago.sinks import CustomersSink, EventsSink, LagoSink, SubscriptionsSink
+from target_lago.report import DeadLetterError, RunReport
+from target_lago.sinks import LagoSink, StreamSetupError
 
 if t.TYPE_CHECKING:
     from pathlib import PurePath
+    from types import FrameType
 
+    from singer_sdk.helpers.capabilities import CapabilitiesEnum
     from singer_sdk.sinks import Sink
 
-# Action -> sink. A stream named after an action takes it; `stream_actions` maps others.
-SINKS: dict[str, type[LagoSink]] = {
-    sink.action: sink for sink in (EventsSink, CustomersSink, SubscriptionsSink)
-}
+# Action -> sink (target_lago.actions). A stream named after an action takes it;
+# `stream_actions` maps others.
+SINKS: dict[str, type[LagoSink]] = ACTIONS
 MAX_BATCH_SIZE = 100  # Lago's limit for POST /events/batch
+DEFAULT_API_URL = "https://api.getlago.com/api/v1"
+# One cheap request per action at start-up that changes nothing: it proves the URL, the
+# key and the endpoint before any record is read (an empty batch is refused with 422).
+ENDPOINT_CHECKS: dict[str, tuple[str, str, bytes | None, int]] = {
+    "events": ("POST", "/events/batch", b'{"events":[]}', 422),
+    "customers": ("GET", "/customers?per_page=1", None, 200),
+    "subscriptions": ("GET", "/subscriptions?per_page=1", None, 200),
+}
 SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while others wait
+
+
+SKIPPED = "TARGET_LAGO_SKIPPED"  # a line read and settled by the reader itself
+_STREAM_NAME = re.compile(r'"stream"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+class RunStoppedError(LagoError):
+    """The run was stopped by a signal."""
+
+
+class InputLineError(Exception):
+    """An input line that is no Singer message and names no stream (fatal)."""
 
 
 class LineReader(SingerReader):
     """Reads input lines with msgspec, as the SDK does (fractions as exact `Decimal`s).
 
-    Lines msgspec refuses (e.g. NaN, or invalid JSON) go to the SDK's own reader, which
-    accepts or reports them as before.
+    Lines msgspec refuses (e.g. NaN) go to the standard library's reader. Blank lines and
+    a byte-order mark are skipped. A RECORD line that no JSON reader can read (invalid
+    JSON, nesting too deep) is handed to `on_unreadable` (a dead letter of its stream)
+    instead of stopping the run; any other unreadable line stops it with one line. Bytes
+    that are not UTF-8 are read as lone surrogates, so their record is dead-lettered.
     """
 
     decoder = msgspec.json.Decoder(float_hook=decimal.Decimal)
+    on_unreadable: t.Callable[[str, str, str], None] | None = None
+    line_number = 0
+
+    @property
+    def default_input(self) -> t.IO[str]:  # type: ignore[override]
+        """Standard input as UTF-8 text, undecodable bytes kept as lone surrogates."""
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
 
     def deserialize_json(self, line: str) -> dict:
         """Decode one line.
@@ -49,11 +89,75 @@ class LineReader(SingerReader):
 
         Returns:
             The message.
+
+        Raises:
+            InputLineError: For a line that is not JSON and names no stream.
         """
+        self.line_number += 1
+        if line[:1] == "\ufeff":
+            line = line[1:]
+        if not line.strip():
+            return {"type": SKIPPED}
         try:
-            return t.cast("dict", self.decoder.decode(line))
-        except msgspec.DecodeError:
-            return super().deserialize_json(line)
+            try:
+                return t.cast("dict", self.decoder.decode(line))
+            except (msgspec.DecodeError, UnicodeEncodeError):
+                return t.cast("dict", json.loads(line, parse_float=decimal.Decimal))
+        except RecursionError:
+            reason = "the record nests objects or arrays too deeply to be read as JSON"
+        except ValueError as exc:
+            reason = f"the line is not valid JSON ({exc})"
+        found = _STREAM_NAME.search(line)
+        if found is None or '"RECORD"' not in line or self.on_unreadable is None:
+            msg = (
+                f"input line {self.line_number} is not a Singer message: "
+                f"{reason.removeprefix('the line is ')}; the tap or the file is broken"
+            )
+            raise InputLineError(msg)
+        stream = json.loads(f'"{found.group(1)}"')
+        self.on_unreadable(stream, line.rstrip("\n"), reason)
+        return {"type": SKIPPED}
+
+    def _process_unknown_message(self, message_dict: dict) -> None:
+        if message_dict.get("type") != SKIPPED:
+            super()._process_unknown_message(message_dict)
+
+
+def _redacted(text: str, secrets: set[str]) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def api_url_problem(url: str) -> str | None:
+    """What is wrong with an `api_url` value, as one line with the fix (None: nothing)."""
+    examples = "US cloud https://api.getlago.com/api/v1, EU https://api.eu.getlago.com/api/v1"
+    try:
+        parts = urllib.parse.urlsplit(url) if "://" in url else None
+    except ValueError:
+        return f"api_url {redact_url(url)!r} is not a URL ({examples})"
+    if parts is None or parts.scheme not in {"http", "https"}:
+        host = url.rsplit("://", maxsplit=1)[-1].split("/", maxsplit=1)[0] or "api.getlago.com"
+        return (
+            f"api_url must start with https:// (or http:// for a local Lago), got "
+            f"{redact_url(url)!r}: e.g. https://{redact_url(host)}/api/v1 ({examples})"
+        )
+    try:
+        parts.port  # noqa: B018 - raises on a port out of range or not a number
+        hostname = parts.hostname
+    except ValueError:
+        hostname = None
+    if not hostname:
+        return f"api_url {redact_url(url)!r} has no valid host and port ({examples})"
+    if parts.path.rstrip("/") != "/api/v1" and not parts.path.rstrip("/").endswith("/api/v1"):
+        root = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}/api/v1"
+        return (
+            f"api_url must be the API root ending in /api/v1, got {redact_url(url)!r}: "
+            f"e.g. {root} ({examples})"
+        )
+    if parts.query or parts.fragment:
+        return f"api_url must not carry a query or a fragment: {redact_url(url)!r}"
+    return None
 
 
 class StreamRoutingError(Exception):
@@ -69,6 +173,13 @@ class TargetLago(Target):
 
     name = "target-lago"
     message_reader_class = LineReader
+    #: No schema flattening: Lago reads nested fields nested (properties.units).
+    capabilities: t.ClassVar[list[CapabilitiesEnum]] = [
+        PluginCapabilities.ABOUT,
+        PluginCapabilities.STREAM_MAPS,
+        PluginCapabilities.STRUCTURED_LOGGING,
+        TargetCapabilities.VALIDATE_RECORDS,
+    ]
 
     config_jsonschema = th.PropertiesList(
         th.Property(
@@ -81,8 +192,12 @@ class TargetLago(Target):
         th.Property(
             "api_url",
             th.StringType,
-            default="https://api.getlago.com/api/v1",
-            description="Lago API base URL, ending in /api/v1 (self-hosted or EU cloud).",
+            default=DEFAULT_API_URL,
+            description=(
+                "Root of the Lago API, ending in /api/v1. US cloud: "
+                "https://api.getlago.com/api/v1 (default); EU cloud: "
+                "https://api.eu.getlago.com/api/v1; self-hosted: <your host>/api/v1."
+            ),
         ),
         th.Property(
             "stream_actions",
@@ -91,6 +206,25 @@ class TargetLago(Target):
             description=(
                 "Stream name or glob -> Lago action (events, customers, subscriptions). "
                 "Streams named events, customers and subscriptions need no entry."
+            ),
+        ),
+        th.Property(
+            "transaction_id_columns",
+            th.ObjectType(additional_properties=th.ArrayType(th.StringType)),
+            default={},
+            description=(
+                "Stream name or glob -> the columns that identify a row, for events streams "
+                "whose records have no transaction_id: the id is derived from the event's "
+                "code and these columns only. Default: the stream's key properties."
+            ),
+        ),
+        th.Property(
+            "verify_duplicates",
+            th.BooleanType,
+            default=False,
+            description=(
+                "Read back every event Lago reports as already stored (one GET each) and "
+                "dead-letter it as conflicting_duplicate when its content differs."
             ),
         ),
         th.Property(
@@ -103,7 +237,11 @@ class TargetLago(Target):
             "dry_run",
             th.BooleanType,
             default=False,
-            description="Validate and map every record, report, and send nothing.",
+            description=(
+                "Validate and map every record, report, and send nothing: no request, no "
+                "dead-letter file and no STATE message (a later real run starts where this "
+                "one did)."
+            ),
         ),
         th.Property(
             "batch_size",
@@ -133,7 +271,11 @@ class TargetLago(Target):
             "allow_rejections",
             th.BooleanType,
             default=False,
-            description="Exit 0 even when records were rejected (dead-lettered).",
+            description=(
+                "Treat dead-lettered records as settled: exit 0 and keep emitting STATE past "
+                "them (the dead-letter file is then their only copy). Off: a rejected record "
+                "holds back every later STATE of the run and the exit status is 1."
+            ),
         ),
     ).to_dict()
 
@@ -155,14 +297,27 @@ class TargetLago(Target):
             setup_mapper: Set up stream maps.
             **kwargs: Passed to `singer_sdk.Target`.
         """
-        super().__init__(
-            config=config,
-            parse_env_config=parse_env_config,
-            validate_config=validate_config,
-            setup_mapper=setup_mapper,
-            **kwargs,
-        )
+        try:
+            super().__init__(
+                config=config,
+                parse_env_config=parse_env_config,
+                validate_config=validate_config,
+                setup_mapper=setup_mapper,
+                **kwargs,
+            )
+        except ConfigValidationError as exc:
+            # The SDK's messages quote wrong values: never the key's.
+            key = getattr(self, "_config", {}).get("api_key")
+            secrets = {text for text in (str(key), repr(key)) if key not in (None, "")}
+            errors = [_redacted(error, secrets) for error in exc.errors]
+            raise ConfigValidationError(
+                _redacted(str(exc), secrets), errors=errors, schema=exc.schema
+            ) from None
         self._check_config()
+        self._checked: set[str] = set()
+        self.seen_events = SeenEvents()
+        self.state_held = 0
+        t.cast("LineReader", self.message_reader).on_unreadable = self.reject_line
         # Sinks drain one at a time so that customers precede subscriptions precede
         # events; requests still run in parallel inside a drain (max_in_flight).
         self.max_parallelism = 1
@@ -179,6 +334,38 @@ class TargetLago(Target):
 
     def _check_config(self) -> None:
         errors = []
+        key = self.config.get("api_key")
+        if not isinstance(key, str):
+            # Never echo the value: it is the secret, whatever its type.
+            errors.append("api_key must be text: the key from Lago (Developers > API keys)")
+        else:
+            key = key.strip()
+            self._config["api_key"] = key
+            if not key:
+                errors.append("api_key is empty: give the key from Lago (Developers > API keys)")
+            elif any(ord(char) < 32 or ord(char) == 127 or ord(char) > 255 for char in key):
+                errors.append(
+                    "api_key contains a line break or another character that cannot be sent "
+                    "in an HTTP header: copy the key again from Lago (Developers > API keys)"
+                )
+        url = str(self.config.get("api_url") or DEFAULT_API_URL).strip()
+        self._config["api_url"] = url
+        problem = api_url_problem(url)
+        if problem is not None:
+            errors.append(problem)
+        dead_letters = self.config.get("dead_letter_path")
+        if not isinstance(dead_letters, str) or not dead_letters.strip():
+            errors.append(
+                "dead_letter_path must name a file (rejected records are kept nowhere else "
+                "when allow_rejections is on), e.g. lago_dead_letters.jsonl"
+            )
+        elif Path(dead_letters).is_dir():
+            errors.append(f"dead_letter_path {dead_letters!r} is a folder: name a file in it")
+        if self.config.get("flattening_enabled"):
+            errors.append(
+                "flattening_enabled would rename nested fields (properties.units becomes "
+                "properties__units) and Lago reads them nested: turn it off"
+            )
         size = self.config.get("batch_size", 100)
         if not isinstance(size, int) or not 1 <= size <= MAX_BATCH_SIZE:
             errors.append(f"batch_size must be an integer from 1 to 100, got {size!r}")
@@ -193,8 +380,17 @@ class TargetLago(Target):
             )
         if int(self.config.get("max_in_flight", 4)) < 1:
             errors.append("max_in_flight must be at least 1")
+        columns = self.config.get("transaction_id_columns") or {}
+        if not isinstance(columns, dict) or not all(
+            isinstance(names, list) and names and all(isinstance(n, str) for n in names)
+            for names in columns.values()
+        ):
+            errors.append(
+                "transaction_id_columns must map stream names or globs to non-empty lists of "
+                'column names, e.g. {"usage": ["id"]}'
+            )
         if errors:
-            raise ConfigValidationError("Config validation failed", errors=errors)
+            raise ConfigValidationError("; ".join(errors), errors=errors)
 
     @property
     def client(self) -> LagoClient:
@@ -204,7 +400,7 @@ class TargetLago(Target):
             raise RuntimeError(msg)
         if self._client is None:
             self._client = LagoClient(
-                str(self.config.get("api_url", "https://api.getlago.com/api/v1")),
+                str(self.config.get("api_url", DEFAULT_API_URL)),
                 str(self.config["api_key"]),
                 timeout=float(self.config.get("request_timeout", 60)),
                 max_retries=int(self.config.get("max_retries", 8)),
@@ -217,6 +413,16 @@ class TargetLago(Target):
             self._client.stop()
 
     # Routing
+
+    def transaction_id_columns(self, stream_name: str) -> list[str] | None:
+        """The `transaction_id_columns` entry of a stream: exact name, else longest glob."""
+        columns: dict[str, list[str]] = self.config.get("transaction_id_columns") or {}
+        if stream_name in columns:
+            return list(columns[stream_name])
+        for pattern, names in sorted(columns.items(), key=lambda item: (-len(item[0]), item[0])):
+            if fnmatch.fnmatchcase(stream_name, pattern):
+                return list(names)
+        return None
 
     def action_for(self, stream_name: str) -> str | None:
         """The Lago action of a stream: exact setting, default name, longest matching glob.
@@ -232,7 +438,7 @@ class TargetLago(Target):
             return actions[stream_name]
         if stream_name in SINKS:
             return stream_name
-        for pattern, action in sorted(actions.items(), key=lambda item: -len(item[0])):
+        for pattern, action in sorted(actions.items(), key=lambda item: (-len(item[0]), item[0])):
             if fnmatch.fnmatchcase(stream_name, pattern):
                 return action
         return None
@@ -258,7 +464,43 @@ class TargetLago(Target):
                 f"{', '.join(SINKS)}."
             )
             raise StreamRoutingError(msg)
+        self.check_endpoint(action)
         return SINKS[action]
+
+    def check_endpoint(self, action: str) -> None:
+        """Prove the URL, the key and the action's endpoint once, before its first record.
+
+        Raises:
+            LagoEndpointError: When the answer is not Lago's.
+        """
+        if self.dry_run or action in self._checked:
+            return
+        method, path, body, expected = ENDPOINT_CHECKS[action]
+        client = self.client
+        response = client.request(method, path, body)
+        if response.status != expected or not isinstance(response.body, dict):
+            msg = (
+                f"{method} {client.api_url}{path.split('?')[0]} answered HTTP "
+                f"{response.status}, not Lago's answer: check that the api_url setting is "
+                "the Lago API root ending in /api/v1 (US cloud: https://api.getlago.com/api/v1"
+                ", EU: https://api.eu.getlago.com/api/v1)."
+            )
+            raise LagoEndpointError(msg)
+        self._checked.add(action)
+
+    def reject_line(self, stream_name: str, line: str, reason: str) -> None:
+        """Dead-letter an input line that cannot be read as a record."""
+        action = self.action_for(stream_name) or "unknown"
+        stats = self.report.stream(stream_name, action)
+        stats.add("received")
+        self.report.reject(
+            stats,
+            line,
+            http_status=None,
+            error_code="invalid_record",
+            details={"record": ["unreadable"]},
+            message=f"a record of stream '{stream_name}' was not read: {reason}",
+        )
 
     # Ordering and acknowledgement
 
@@ -305,9 +547,26 @@ class TargetLago(Target):
         return created.timestamp() < now - 2
 
     def _write_state_message(self, state: dict) -> None:
-        # A STATE goes out only once every record received before it is acknowledged.
+        # A STATE goes out only once every record received before it is settled: stored
+        # in Lago, or dead-lettered while allow_rejections is on. A dry run settles nothing.
+        if self.dry_run:
+            self.state_held += 1
+            return
         self.inflight.wait_all()
+        if self.report.rejected and not self.config.get("allow_rejections", False):
+            self.state_held += 1
+            return
         super()._write_state_message(state)
+
+    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
+        # The SDK's handler drains and writes STATE, which can wait minutes (a 429 pause)
+        # and exits 0. Stop instead: requests and waits give up, no further STATE.
+        self._stop_client()
+        msg = (
+            f"stopped by {signal.Signals(signum).name}: nothing after the last STATE "
+            "message is acknowledged; rerun the same input (deliveries are idempotent)"
+        )
+        raise RunStoppedError(msg)
 
     def process_endofpipe(self) -> None:
         """Drain everything, wait for Lago, log the summary, then judge rejections.
@@ -323,15 +582,24 @@ class TargetLago(Target):
             self._stop_client()
             self.report.log_summary(dry_run=self.dry_run)
         rejected = self.report.rejected
-        if rejected and not self.config.get("allow_rejections", False):
-            where = (
-                "listed in the log above"
-                if self.dry_run
-                else f"written to {self.report.dead_letter_path}"
-            )
+        allowed = self.config.get("allow_rejections", False)
+        if self.dry_run:
             msg = (
-                f"{rejected} record(s) rejected ({where}); the valid records were "
-                "delivered. Set allow_rejections to exit 0 in this case."
+                f"dry run: nothing was sent to Lago and no STATE was emitted "
+                f"({rejected} record(s) would be rejected, listed above); a real run starts "
+                "where this one started."
+            )
+            if rejected and not allowed:
+                raise RecordsRejectedError(msg)
+            self.logger.info(msg)
+            return
+        if rejected and not allowed:
+            msg = (
+                f"{rejected} record(s) rejected (written to {self.report.dead_letter_path}); "
+                "the other records were delivered, but no STATE was emitted after the first "
+                "rejected record, so a rerun re-reads it: fix the rows upstream and rerun "
+                "(delivered events are recognised, not counted twice), or set "
+                "allow_rejections to treat dead letters as settled."
             )
             raise RecordsRejectedError(msg)
 
@@ -345,9 +613,20 @@ class TargetLago(Target):
         """
         try:
             super().invoke(*args, **kwargs)
-        except (LagoError, StreamRoutingError, RecordsRejectedError) as exc:
+        except ConfigValidationError as exc:
+            cls.logger.error("Invalid settings: %s", "; ".join(exc.errors) or exc)
+            sys.exit(1)
+        except (
+            LagoError,
+            StreamRoutingError,
+            StreamSetupError,
+            RecordsRejectedError,
+            DeadLetterError,
+            InputLineError,
+        ) as exc:
             cls.logger.error("%s", exc)
             sys.exit(1)
+
 
 
 if __name__ == "__main__":

@@ -34,6 +34,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--months", type=int, help="events spread over the last N months")
     parser.add_argument("--anchor", help="the seed's today (ISO date)")
     parser.add_argument("--latency-ms", type=int, default=0, help="delay added to each request")
+    parser.add_argument(
+        "--event-store",
+        choices=("postgres", "clickhouse"),
+        default="postgres",
+        help="events store: postgres (duplicates 422) or clickhouse (duplicates 200, deduplicated)",
+    )
     return parser.parse_args(argv)
 
 
@@ -52,7 +58,13 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    sandbox = Sandbox(args.api_key, seed=seed, latency_ms=args.latency_ms, port=args.port)
+    sandbox = Sandbox(
+        args.api_key,
+        seed=seed,
+        latency_ms=args.latency_ms,
+        port=args.port,
+        event_store=args.event_store,
+    )
     sandbox.start()
     if sandbox.state is not None:
         sandbox.state.configure({"strict_wallets": args.strict_wallets})

@@ -14,8 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FAULT_KINDS = ("latency", "rate_limit", "error", "timeout", "drop", "lost_response")
-ERROR_STATUSES = (500, 502, 503)
-ERROR_TEXT = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+ERROR_STATUSES = (404, 500, 502, 503)
+ERROR_TEXT = {
+    404: "Not Found",  # a route lost behind a gateway: the body of an unknown route
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
 DEFAULT_DELAY_MS = {"latency": 100, "timeout": 30000}
 
 
@@ -90,7 +95,7 @@ class FaultRule:
             raise FaultRuleError(f"rule {index}: probability must be a number in [0, 1]")
         status = integer("status", 503)
         if status not in ERROR_STATUSES:
-            raise FaultRuleError(f"rule {index}: status must be 500, 502 or 503")
+            raise FaultRuleError(f"rule {index}: status must be 404, 500, 502 or 503")
         seed = integer("seed", 0) or 0
         return cls(
             fault=fault,

@@ -728,6 +728,8 @@ def _wallet_transaction(f: dict[str, Any], now: datetime, new_id: IdFactory) -> 
         "applied_invoice_custom_sections": [],
         "payment_method": {"payment_method_type": "provider"},
         "purchase_order_number": None,
+        # Sent by v1.51 (the transaction's entity, else the customer's), not in the spec.
+        "billing_entity_code": None,
     }
 
 

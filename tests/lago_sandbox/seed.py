@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "events": 2000,
     "months": 3,
     "anchor": None,
+    "unattached_events": 0,
 }
 
 Org = dict[str, list[dict[str, Any]]]
@@ -82,7 +83,7 @@ def _options(options: dict[str, Any] | None) -> dict[str, Any]:
             raise ValueError(f"unknown seed option {key!r}; expected one of {sorted(DEFAULTS)}")
         if value is not None:
             merged[key] = value
-    for key in ("seed", "customers", "events", "months"):
+    for key in ("seed", "customers", "events", "months", "unattached_events"):
         value = merged[key]
         if isinstance(value, bool) or not isinstance(value, int):
             try:
@@ -123,7 +124,57 @@ def generate(options: dict[str, Any] | None = None) -> Org:
         people.add_customer(index, opts["customers"])
     people.finish()
     org["events"] = _events(seed, anchor, opts["months"], opts["events"], catalog=catalog, org=org)
+    if opts["unattached_events"]:
+        org["events"] = _with_unattached_events(
+            org["events"],
+            seed=seed,
+            anchor=anchor,
+            months=opts["months"],
+            count=opts["unattached_events"],
+            catalog=catalog,
+        )
     return org
+
+
+def _with_unattached_events(
+    events: list[dict[str, Any]],
+    *,
+    seed: int,
+    anchor: datetime,
+    months: int,
+    count: int,
+    catalog: _Catalog,
+) -> list[dict[str, Any]]:
+    """``events`` plus ``count`` sent without ``external_subscription_id``, in list order.
+
+    Lago stores such events (the field is not validated) and lists them with
+    ``"external_subscription_id": null``; no subscription bills them.
+    """
+    rng = random.Random(f"lago-sandbox:{seed}:unattached-events")
+    start = o.add_months(anchor, -months)
+    span = int((anchor - start).total_seconds())
+    codes = sorted(catalog.metrics)
+    added: list[dict[str, Any]] = []
+    for index in range(count):
+        moment = start + timedelta(seconds=rng.randrange(span), milliseconds=rng.randrange(1000))
+        added.append(
+            {
+                "lago_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                "transaction_id": f"unattached_{seed}_{index:05d}",
+                "lago_customer_id": None,
+                "code": rng.choice(codes),
+                "timestamp": o.iso_ms(moment),
+                "precise_total_amount_cents": f"{rng.randrange(1, 100000)}.{rng.randrange(100)}",
+                "properties": {},
+                "lago_subscription_id": None,
+                "external_subscription_id": None,
+                "created_at": o.iso(moment + timedelta(seconds=1)),
+            }
+        )
+    merged = events + added
+    merged.sort(key=lambda event: event["transaction_id"])
+    merged.sort(key=lambda event: event["timestamp"], reverse=True)
+    return merged
 
 
 # ------------------------------------------------------------------------------- catalog
@@ -813,7 +864,12 @@ class _People:
         assert wallet is not None
         transaction = o.complete(
             "wallet_transactions",
-            {"lago_wallet_id": wallet["lago_id"], "created_at": o.iso(when), **fields},
+            {
+                "lago_wallet_id": wallet["lago_id"],
+                "billing_entity_code": wallet["billing_entity_code"],
+                "created_at": o.iso(when),
+                **fields,
+            },
             now=when,
             new_id=self.new_id,
         )

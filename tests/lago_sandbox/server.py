@@ -89,11 +89,13 @@ def seed_options(overrides: dict[str, Any] | None) -> dict[str, Any]:
 class SandboxState:
     """Everything one running sandbox holds: data, key, faults, request log."""
 
-    def __init__(self, api_key: str, options: dict[str, Any], latency_ms: int) -> None:
+    def __init__(
+        self, api_key: str, options: dict[str, Any], latency_ms: int, event_store: str = "postgres"
+    ) -> None:
         self.api_key = api_key
         self.options = options
         self.latency_ms = latency_ms
-        self.store = Store()
+        self.store = Store(event_store)
         self.faults = faults_mod.FaultSet()
         self.requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=REQUEST_LOG_MAX)
         self.requests_lock = threading.Lock()
@@ -449,6 +451,26 @@ def delete_subscription(ctx: RequestContext) -> bytes:
         return _single(ctx, "subscriptions", sub, "subscription")
 
 
+def _make_delete(resource: str, delete: str) -> Handler:
+    def handler(ctx: RequestContext) -> bytes:
+        obj = getattr(ctx.store, delete)(ctx.path_params["key"])
+        singular = RESOURCE_DEFS[resource].singular
+        return _dumps({singular: obj})
+
+    handler.__name__ = f"delete_{resource}"
+    return handler
+
+
+for _res, _delete in (
+    ("customers", "delete_customer"),
+    ("plans", "delete_plan"),
+    ("coupons", "delete_coupon"),
+    ("add_ons", "delete_add_on"),
+):
+    _LIST_HANDLERS[f"delete_{_res}"] = _make_delete(_res, _delete)
+    _ROUTES.append(("DELETE", re.compile(f"^/{_res}/(?P<key>[^/]+)$"), f"delete_{_res}"))
+
+
 _HANDLERS: dict[str, Handler] = {
     **_LIST_HANDLERS,
     **{
@@ -604,7 +626,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
             elif kind == "error":
                 entry["status"] = rule.status
                 text = faults_mod.ERROR_TEXT[rule.status]
-                self._send(rule.status, _dumps({"status": rule.status, "error": text}))
+                answer: dict[str, Any] = (
+                    dict(ROUTE_NOT_FOUND) if rule.status == 404 else {"status": rule.status}
+                )
+                self._send(rule.status, _dumps({**answer, "error": text}))
                 return
             elif kind == "timeout":
                 state.stopping.wait(rule.delay_ms / 1000)
@@ -749,10 +774,12 @@ class Sandbox:
         seed: dict[str, Any] | None = None,
         latency_ms: int = 0,
         port: int = 0,
+        event_store: str = "postgres",
     ) -> None:
         self.api_key = api_key
         self.seed = seed_options(seed)
         self.latency_ms = latency_ms
+        self.event_store = event_store
         self.port = port
         self._server: SandboxHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -774,7 +801,7 @@ class Sandbox:
         """Seed the organisation and serve it."""
         if self._server is not None:
             return self
-        self.state = SandboxState(self.api_key, self.seed, self.latency_ms)
+        self.state = SandboxState(self.api_key, self.seed, self.latency_ms, self.event_store)
         self._server = SandboxHTTPServer(self.state, self.port)
         self._thread = threading.Thread(
             target=self._server.serve_forever,

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+from decimal import Context as DecimalContext
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -206,19 +207,26 @@ def ruby_to_i(value: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+_WIDE = DecimalContext(prec=80)
+
+
 def decimal_string(value: Any) -> str | None:
     """``precise_total_amount_cents`` as the server stores and renders it (Decimal(40,15))."""
     if value is None:
         return None
     if isinstance(value, bool):
         return "0.0"
+    text = str(value).strip()
+    # Ruby reads ASCII digits only (full-width digits are 0) and 0 for anything else.
     try:
-        d = Decimal(str(value).strip())
+        d = Decimal(text) if text.isascii() else Decimal(0)
     except InvalidOperation:
         d = Decimal(0)
     if not d.is_finite():
         d = Decimal(0)
-    d = d.quantize(Decimal("1e-15"))
+    if abs(d) >= Decimal(10) ** 25:
+        raise internal_error()  # numeric(40, 15) overflows in PostgreSQL
+    d = d.quantize(Decimal("1e-15"), context=_WIDE)
     text = format(d, "f")
     if "." in text:
         text = text.rstrip("0")
@@ -427,6 +435,13 @@ class Table:
         row.sk = self.rdef.order(row.obj)
         self._touch()
 
+    def remove(self, row: Row) -> None:
+        """Take a row out (a deleted object: no list shows it any more)."""
+        self.rows.remove(row)
+        if self.by_key.get(row.key) is row:
+            del self.by_key[row.key]
+        self._touch()
+
     def _touch(self) -> None:
         self.dirty = True
         self.version += 1
@@ -513,10 +528,22 @@ def listed(resource: str, obj: JsonObj) -> bool:
     return bool(objects_listed(resource, obj))
 
 
-class Store:
-    """The whole organisation in memory, guarded by one lock."""
+EVENT_STORES = ("postgres", "clickhouse")
 
-    def __init__(self) -> None:
+
+class Store:
+    """The whole organisation in memory, guarded by one lock.
+
+    ``event_store`` is ``postgres`` (lago-api's default: a duplicate transaction id is a
+    422) or ``clickhouse`` (LAGO_API_WRITES.md section 8: duplicates are answered 200 and
+    deduplicated on subscription, code, transaction id and timestamp).
+    """
+
+    def __init__(self, event_store: str = "postgres") -> None:
+        if event_store not in EVENT_STORES:
+            raise ValueError(f"event_store must be one of {', '.join(EVENT_STORES)}")
+        self.event_store = event_store
+        self._ch_rows: dict[tuple, Row] = {}
         self.lock = threading.RLock()
         self.tables: dict[str, Table] = {n: Table(d) for n, d in RESOURCE_DEFS.items()}
         self._events_by_txid: dict[Any, Row] = {}
@@ -547,8 +574,10 @@ class Store:
                     if name not in self.tables:
                         raise KeyError(f"unknown resource in seed data: {name}")
                     self.tables[name].load(objs)
+                self._ch_rows = {}
                 for row in self.tables["events"].rows:
                     self._events_by_txid.setdefault(row.obj.get("transaction_id"), row)
+                    self._ch_rows[_ch_key(row.obj)] = row
                 for name in self._by_external_id:
                     self._reindex(name)
                 self._max_sequential_id = max(
@@ -741,6 +770,8 @@ class Store:
                 built.append(event)
             if errors:
                 raise unprocessable(errors if batch else errors["0"])
+            if self.event_store == "clickhouse":
+                return self._create_clickhouse_events(built, now)
             table = self.tables["events"]
             seen: set[str] = set()
             for index, event in enumerate(built):
@@ -755,6 +786,36 @@ class Store:
             for event in built:
                 self._insert("events", event)
             return built
+
+    def _create_clickhouse_events(self, built: list[JsonObj], now: datetime) -> list[JsonObj]:
+        """ClickHouse store: no duplicate check; a repeated (subscription, code,
+        transaction id, timestamp) replaces the stored event, as the deduplicating
+        billing queries see it; any other difference is a second event."""
+        table = self.tables["events"]
+        answers = []
+        for event in built:
+            answers.append(
+                {**event, "lago_id": None, "created_at": None, "lago_customer_id": None}
+            )
+            stored = dict(event)
+            stored["lago_id"] = "-".join(
+                [
+                    "org",
+                    str(event["external_subscription_id"] or ""),
+                    str(event["transaction_id"]),
+                    str(int(now.timestamp())),
+                ]
+            )
+            key = _ch_key(stored)
+            row = self._ch_rows.get(key)
+            if row is not None:
+                row.obj.clear()
+                row.obj.update(stored)
+                table.changed(row)
+                continue
+            self._insert("events", stored)
+            self._ch_rows[key] = table.rows[-1]
+        return answers
 
     # -- writes: customers -----------------------------------------------------------------
 
@@ -1042,16 +1103,101 @@ class Store:
             sub = self.find_one("subscriptions", external_id=external_id, status=status)
             if sub is None or status not in ("active", "pending"):
                 raise not_found("subscription")
-            now = iso(self.clock())
-            if status == "pending":
-                sub["status"] = "canceled"
-                sub["canceled_at"] = now
-            else:
-                sub["status"] = "terminated"
-                sub["terminated_at"] = now
-                self._cancel_next(sub, self.clock())
-            self.changed("subscriptions", sub)
+            self.terminate_subscription_obj(sub, self.clock())
             return sub
+
+    # -- writes: deletions ------------------------------------------------------------------
+
+    def _discard(self, resource: str, obj: JsonObj) -> None:
+        """Remove a deleted object from its table (lists, lookups and the dump)."""
+        table = self.tables[resource]
+        row = next(r for r in table.rows if r.obj is obj)
+        table.remove(row)
+        if resource in self._by_external_id:
+            self._reindex(resource)
+
+    def _terminate_subscriptions(self, now: datetime, **match: Any) -> None:
+        """Terminate the active and cancel the pending subscriptions matching ``match``."""
+        for sub in self.find_all("subscriptions", **match):
+            if sub.get("status") in ("active", "pending"):
+                self.terminate_subscription_obj(sub, now)
+
+    def terminate_subscription_obj(self, sub: JsonObj, now: datetime) -> None:
+        """Terminate an active subscription, or cancel a pending one."""
+        if sub["status"] == "pending":
+            sub["status"] = "canceled"
+            sub["canceled_at"] = iso(now)
+        else:
+            sub["status"] = "terminated"
+            sub["terminated_at"] = iso(now)
+            self._cancel_next(sub, now)
+        self.changed("subscriptions", sub)
+
+    def _terminate_applied_coupons(self, now: datetime, **match: Any) -> None:
+        for applied in self.find_all("applied_coupons", **match):
+            if applied.get("status") == "active":
+                applied["status"] = "terminated"
+                applied["terminated_at"] = iso(now)
+                self.changed("applied_coupons", applied)
+
+    def delete_customer(self, external_id: str) -> JsonObj:
+        """``DELETE /customers/{external_id}``: soft delete, then terminate its relations.
+
+        The server terminates relations in a job right after the response; here at once:
+        active subscriptions terminated, pending ones canceled, active wallets and applied
+        coupons terminated. Invoices and credit notes stay.
+        """
+        with self.lock:
+            customer = self.customer(external_id)
+            if customer is None:
+                raise not_found("customer")
+            now = self.clock()
+            self._terminate_subscriptions(now, external_customer_id=external_id)
+            for wallet in self.find_all("wallets", external_customer_id=external_id):
+                if wallet.get("status") == "active":
+                    wallet["status"] = "terminated"
+                    wallet["terminated_at"] = iso_ms(now)
+                    self.changed("wallets", wallet)
+            self._terminate_applied_coupons(now, external_customer_id=external_id)
+            self._discard("customers", customer)
+            return customer
+
+    def delete_plan(self, code: str) -> JsonObj:
+        """``DELETE /plans/{code}``: the plan leaves the list; its subscriptions end.
+
+        The server answers with the plan marked ``pending_deletion`` and deletes it in a
+        job (terminating its subscriptions); here the job's work is done at once.
+        """
+        with self.lock:
+            plan = self.find_one("plans", code=code)
+            if plan is None:
+                raise not_found("plan")
+            self._terminate_subscriptions(self.clock(), plan_code=code)
+            self._discard("plans", plan)
+            return {**plan, "pending_deletion": True}
+
+    def delete_coupon(self, code: str) -> JsonObj:
+        """``DELETE /coupons/{code}``: the coupon leaves the list; its applications end."""
+        with self.lock:
+            coupon = self.find_one("coupons", code=code)
+            if coupon is None:
+                raise not_found("coupon")
+            now = self.clock()
+            self._terminate_applied_coupons(now, coupon_code=code)
+            for applied in self.find_all("applied_coupons", coupon_code=code):
+                applied["coupon_deleted_at"] = iso(now)
+                self.changed("applied_coupons", applied)
+            self._discard("coupons", coupon)
+            return coupon
+
+    def delete_add_on(self, code: str) -> JsonObj:
+        """``DELETE /add_ons/{code}``: the add-on leaves the list."""
+        with self.lock:
+            add_on = self.find_one("add_ons", code=code)
+            if add_on is None:
+                raise not_found("add_on")
+            self._discard("add_ons", add_on)
+            return add_on
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1090,6 +1236,16 @@ def _event_timestamp(value: Any, now: datetime) -> tuple[datetime | None, float 
     except (InvalidOperation, OverflowError, ValueError):
         return None, None
     return dt, float(seconds)
+
+
+def _ch_key(event: JsonObj) -> tuple:
+    """The ClickHouse deduplication key of an event."""
+    return (
+        event.get("external_subscription_id"),
+        event.get("code"),
+        event.get("transaction_id"),
+        event.get("timestamp"),
+    )
 
 
 def _build_event(raw: JsonObj, now: datetime) -> tuple[JsonObj, JsonObj]:

@@ -1,19 +1,27 @@
-"""`meltano run tap-lago target-postgres`: Lago into a real PostgreSQL, then only the changes."""
+"""`meltano run tap-lago target-postgres`: Lago into a real PostgreSQL, then only the changes.
+
+Also what a warehouse user sees of Lago's values (issue 11): decimal strings land as exact
+`numeric` columns, timestamps as `timestamp`, and customers and plans deleted in Lago are
+marked deleted (`_sdc_deleted_at`, target-postgres' default soft delete) by the next run.
+"""
 
 from __future__ import annotations
 
+import decimal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.pg import PostgresServer
 from tests.pipelines.harness import Meltano, lago_objects, meltano_bin, table_values
+from tests.sandbox.api import ALL_STATUSES as EVERY_STATUS
 
 pytestmark = pytest.mark.usefixtures("meltano_installed")
 
-ALL_STATUSES = {"status[]": ["active", "pending", "terminated", "canceled"]}
+ALL_STATUSES = {"status[]": EVERY_STATUS}
 # stream -> (list parameters that show every object the tap reads, key column)
 STREAMS = {
     "customers": ({}, "lago_id"),
@@ -32,14 +40,48 @@ STREAMS = {
 }
 
 
+#: (table, column) -> PostgreSQL type: Lago's decimal strings and numbers, timestamps.
+COLUMN_TYPES = {
+    ("fees", "precise_amount"): "numeric",
+    ("fees", "units"): "numeric",
+    ("fees", "amount_cents"): "bigint",
+    ("wallets", "credits_balance"): "numeric",
+    ("wallets", "balance"): "numeric",
+    ("wallet_transactions", "amount"): "numeric",
+    ("coupons", "percentage_rate"): "numeric",
+    ("events", "precise_total_amount_cents"): "numeric",
+    ("taxes", "rate"): "numeric",
+    ("customers", "created_at"): "timestamp without time zone",
+    ("events", "timestamp"): "timestamp without time zone",
+    ("fees", "created_at"): "timestamp without time zone",
+    ("customers", "_unknown_fields"): "jsonb",
+}
+#: More digits than a double holds: they must survive the whole pipeline.
+EXACT = "123456789012345678901234.123456789012345"
+
+
 def _keys(pg: PostgresServer, table: str, key: str) -> list[str]:
-    return sorted(str(row[0]) for row in table_values(pg, "lago", table, f'"{key}"'))
+    """Keys of the rows a user sees as current (not marked deleted)."""
+    rows = table_values(pg, "lago", table, f'"{key}", _sdc_deleted_at')
+    return sorted(str(key_value) for key_value, deleted in rows if deleted is None)
+
+
+def _column_types(pg: PostgresServer) -> dict[tuple[str, str], str]:
+    rows = table_values(
+        pg,
+        "information_schema",
+        "columns",
+        "table_name, column_name, data_type",
+    )
+    return {(table, column): kind for table, column, kind in rows}
 
 
 def test_each_stream_lands_as_a_table_then_only_changes_merge(
     sandbox_factory, warehouse: PostgresServer, workdir: Path
 ) -> None:
-    lago = sandbox_factory(seed={"seed": 11, "customers": 8, "events": 600})
+    lago = sandbox_factory(seed={"seed": 11, "customers": 8, "events": 600, "unattached_events": 3})
+    fee = lago_objects(lago, "fees")[0]
+    lago.upsert("fees", {"lago_id": fee["lago_id"], "precise_amount": EXACT})
     meltano = Meltano(
         workdir,
         source=lago,
@@ -55,6 +97,17 @@ def test_each_stream_lands_as_a_table_then_only_changes_merge(
         expected = sorted(str(obj[key]) for obj in lago_objects(lago, stream, params))
         assert expected, f"the seeded organisation has no {stream}"
         assert _keys(warehouse, stream, key) == expected, stream
+
+    # Decimals are exact numerics, timestamps are timestamps.
+    types = _column_types(warehouse)
+    assert {column: types.get(column) for column in COLUMN_TYPES} == COLUMN_TYPES
+    exact = dict(table_values(warehouse, "lago", "fees", "lago_id::text, precise_amount"))
+    assert exact[fee["lago_id"]] == decimal.Decimal(EXACT)
+    # Events sent without a subscription have the key "" (a key column is never null).
+    unattached = table_values(
+        warehouse, "lago", "events", "transaction_id, external_subscription_id"
+    )
+    assert sorted(s for t, s in unattached if t.startswith("unattached_")) == ["", "", ""]
 
     # Meltano keeps the bookmarks in its system database.
     state = subprocess.run(
@@ -74,7 +127,6 @@ def test_each_stream_lands_as_a_table_then_only_changes_merge(
         return {str(k) for k, value in rows if value == newest}
 
     boundary = {
-        "customers": on_bookmark("customers", "lago_id", "updated_at"),
         "invoices": on_bookmark("invoices", "lago_id", "updated_at"),
         "events": on_bookmark("events", "transaction_id", "timestamp"),
     }
@@ -82,7 +134,8 @@ def test_each_stream_lands_as_a_table_then_only_changes_merge(
     # Change a customer, an invoice's payment status, and add an event; run again.
     first_run_done = time.time()
     time.sleep(1.1)
-    customer = lago_objects(lago, "customers")[0]
+    customers = lago_objects(lago, "customers")
+    customer, gone = customers[0], customers[-1]
     invoice = lago_objects(lago, "invoices")[0]
     new_status = "succeeded" if invoice["payment_status"] != "succeeded" else "failed"
     lago.upsert("customers", {"lago_id": customer["lago_id"], "name": "Renamed Ltd"})
@@ -99,15 +152,30 @@ def test_each_stream_lands_as_a_table_then_only_changes_merge(
             "properties": {},
         },
     )
+    # A customer and a plan deleted in Lago.
+    plan = next(p for p in lago_objects(lago, "plans") if p["code"] != subscription["plan_code"])
+    for path in (f"/customers/{gone['external_id']}", f"/plans/{plan['code']}"):
+        response = requests.delete(
+            lago.url + path, headers={"Authorization": f"Bearer {lago.api_key}"}, timeout=30
+        )
+        assert response.status_code == 200, response.text
     time.sleep(1.1)
     meltano.run("tap-lago", "target-postgres")
+
+    # What a user sees: the deleted ones are marked deleted, nothing else is.
+    for table, lago_id in (("customers", gone["lago_id"]), ("plans", plan["lago_id"])):
+        deleted = {
+            str(k): when
+            for k, when in table_values(warehouse, "lago", table, "lago_id, _sdc_deleted_at")
+        }
+        assert deleted[lago_id] is not None, table
+        assert [k for k, when in deleted.items() if when is not None] == [lago_id], table
 
     def touched(table: str, key: str) -> set[str]:
         rows = table_values(warehouse, "lago", table, f'"{key}", _sdc_batched_at')
         return {str(k) for k, batched in rows if batched.timestamp() > first_run_done}
 
     changes = {
-        "customers": ("lago_id", customer["lago_id"]),
         "invoices": ("lago_id", invoice["lago_id"]),
         "events": ("transaction_id", "pipeline-new-event"),
     }
@@ -121,6 +189,9 @@ def test_each_stream_lands_as_a_table_then_only_changes_merge(
         str(k): v for k, v in table_values(warehouse, "lago", "invoices", "lago_id, payment_status")
     }
     assert statuses[invoice["lago_id"]] == new_status
-    # Merged, not appended: still one row per object.
+    # Customers are a full table: every one is written again.
+    assert touched("customers", "lago_id") == {c["lago_id"] for c in customers} - {gone["lago_id"]}
+    # Merged, not appended: still one current row per object.
     for stream, (params, key) in STREAMS.items():
-        assert len(_keys(warehouse, stream, key)) == len(lago_objects(lago, stream, params))
+        expected = sorted(str(obj[key]) for obj in lago_objects(lago, stream, params))
+        assert _keys(warehouse, stream, key) == expected, stream

@@ -55,7 +55,7 @@ def test_writes_need_the_key_too(sandbox: Sandbox) -> None:
         ("GET", "/no_such_resource"),
         ("GET", "/customers/x/y/z"),
         ("PUT", "/customers"),
-        ("DELETE", "/customers/cust_00001"),
+        ("DELETE", "/events/tx_00001"),
         ("PATCH", "/events"),
         ("POST", "/invoices"),
     ],

@@ -252,3 +252,38 @@ def test_resending_a_batch_without_its_duplicates_succeeds(sb: Sandbox) -> None:
     assert response.status_code == 200
     ids = {e["transaction_id"] for e in stored(sb)}
     assert {f"b-{i}" for i in range(6)} <= ids
+
+
+def test_clickhouse_store_answers_duplicates_200_and_lists_them_deduplicated(
+    sandbox_factory: Any,
+) -> None:
+    sb = sandbox_factory({"customers": 0, "events": 0}, event_store="clickhouse")
+    event = {
+        "transaction_id": "tx-ch",
+        "code": "api_calls",
+        "external_subscription_id": "sub_1",
+        "timestamp": 1700000000,
+        "properties": {"units": 1},
+    }
+    first = post(sb, "/events/batch", {"events": [event, event]})
+    assert first.status_code == 200, first.text
+    answered = first.json()["events"]
+    assert [e["lago_id"] for e in answered] == [None, None]
+    assert [e["created_at"] for e in answered] == [None, None]
+    # The same (subscription, code, transaction id, timestamp): one event, the latest wins.
+    again = post(sb, "/events", {"event": {**event, "properties": {"units": 5}}})
+    assert again.status_code == 200, again.text
+    assert [e["properties"] for e in stored(sb)] == [{"units": 5}]
+    # Another timestamp is another event: billed twice.
+    later = post(sb, "/events/batch", {"events": [{**event, "timestamp": 1700000060}]})
+    assert later.status_code == 200, later.text
+    events = stored(sb)
+    assert sorted(e["timestamp"] for e in events) == [
+        "2023-11-14T22:13:20.000Z",
+        "2023-11-14T22:14:20.000Z",
+    ]
+    assert all(e["lago_id"] and e["created_at"] for e in events)
+    # Phase 1 validation still applies.
+    bad = post(sb, "/events/batch", {"events": [{**event, "code": ""}]})
+    assert bad.status_code == 422
+    assert bad.json()["error_details"] == {"0": {"code": ["value_is_mandatory"]}}

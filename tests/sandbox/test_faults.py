@@ -158,7 +158,7 @@ def test_empty_rules_clear_everything(sb: Sandbox) -> None:
     ("rule", "message"),
     [
         ({"fault": "explode"}, "fault must be one of"),
-        ({"fault": "error", "status": 404}, "status must be 500, 502 or 503"),
+        ({"fault": "error", "status": 418}, "status must be 404, 500, 502 or 503"),
         ({"fault": "error", "probability": 2}, "probability"),
         ({"fault": "error", "count": -1}, "count"),
         ({"fault": "error", "pathh": "/"}, "unknown field"),

@@ -34,6 +34,7 @@ def test_defaults() -> None:
         "events": 2000,
         "months": 3,
         "anchor": None,
+        "unattached_events": 0,
     }
 
 

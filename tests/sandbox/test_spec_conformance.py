@@ -13,13 +13,7 @@ requests on purpose to get the server's error responses. Bodies are also validat
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,8 +22,8 @@ import requests
 from tests import openapi_spec
 from tests.lago_sandbox import Sandbox
 from tests.lago_sandbox.objects import RESOURCES
+from tests.prism import running_prism
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SEED = {"seed": 21, "customers": 8, "events": 300}
 SANDBOX_JSON = "application/json; charset=utf-8"
 ALL_STATUSES = ["pending", "active", "terminated", "canceled", "incomplete"]
@@ -38,23 +32,6 @@ ALL_STATUSES = ["pending", "active", "terminated", "canceled", "incomplete"]
 # substring of the Prism violation message that is accepted for that one check.
 UNDECLARED_STATUS = "Unable to match the returned status code"
 NULL_SUBSCRIPTION = "external_subscription_id must be string"
-
-
-def prism_binary() -> str:
-    configured = os.environ.get("PRISM_BIN")
-    path = Path(configured) if configured else REPO_ROOT / ".cache/prism/node_modules/.bin/prism"
-    if not path.is_file():
-        message = f"Prism not found at {path} (set $PRISM_BIN)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return str(path)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Proxy:
@@ -112,49 +89,12 @@ class Proxy:
 
 @pytest.fixture(scope="module")
 def proxy(sandbox_factory: Any) -> Iterator[Proxy]:
-    binary = prism_binary()
-    spec = openapi_spec.spec_path()
     sandbox = sandbox_factory(SEED)
-    port = free_port()
-    log_path = Path(tempfile.gettempdir()) / f"prism-{port}.log"
-    with open(log_path, "w+", encoding="utf-8") as log:
-        proc = subprocess.Popen(
-            [
-                binary,
-                "proxy",
-                str(spec),
-                sandbox.url,
-                "--errors",
-                "--validate-request=false",
-                "-p",
-                str(port),
-                "-h",
-                "127.0.0.1",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                if proc.poll() is not None:
-                    log.seek(0)
-                    pytest.fail(f"Prism exited early:\n{log.read()[-2000:]}")
-                log.seek(0)
-                if "Prism is listening" in log.read():
-                    break
-                time.sleep(0.25)
-            else:
-                pytest.fail("Prism did not start within 120 s")
-            yield Proxy(f"http://127.0.0.1:{port}", sandbox)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
-    log_path.unlink(missing_ok=True)
+    spec = openapi_spec.spec_path()
+    with running_prism(
+        "proxy", str(spec), sandbox.url, "--errors", "--validate-request=false"
+    ) as url:
+        yield Proxy(url, sandbox)
 
 
 @pytest.fixture(scope="module")
@@ -454,4 +394,22 @@ def test_subscription_writes(proxy: Proxy, org: dict[str, list[dict]]) -> None:
             }
         },
     )
+    proxy.assert_clean()
+
+
+def test_deletions(proxy: Proxy) -> None:
+    """DELETE of a customer, a plan, a coupon and an add-on (run last: it removes them)."""
+    org = proxy.sandbox.dump()
+    customer = org["customers"][-1]["external_id"]
+    for template, path in (
+        ("/customers/{external_customer_id}", f"/customers/{customer}"),
+        ("/plans/{code}", f"/plans/{org['plans'][-1]['code']}"),
+        ("/coupons/{code}", f"/coupons/{org['coupons'][-1]['code']}"),
+        ("/add_ons/{code}", f"/add_ons/{org['add_ons'][-1]['code']}"),
+    ):
+        proxy.call("DELETE", template, path)
+        proxy.call("DELETE", template, path, status=404)
+    proxy.call("GET", "/customers")
+    proxy.call("GET", "/subscriptions", params={"status[]": ALL_STATUSES})
+    proxy.call("GET", "/applied_coupons")
     proxy.assert_clean()

@@ -21,6 +21,8 @@ class SyncResult:
     """The Singer messages one tap run wrote to stdout."""
 
     messages: list[dict[str, Any]] = field(default_factory=list)
+    #: The tap's stdout as written (exact numbers; ``messages`` parse them as floats).
+    output: str = ""
 
     @property
     def records(self) -> dict[str, list[dict[str, Any]]]:
@@ -72,7 +74,7 @@ def run_tap(
     buf = io.StringIO()
     with redirect_stdout(buf):
         tap.sync_all()
-    return SyncResult(parse_messages(buf.getvalue()))
+    return SyncResult(parse_messages(buf.getvalue()), buf.getvalue())
 
 
 def tap_config(sandbox: Any, **overrides: Any) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from tests.tap.test_sync import DUMPED_STREAMS, expected_from_dump, key_of
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INCREMENTAL = {
-    "customers": "updated_at",
     "invoices": "updated_at",
     "credit_notes": "updated_at",
     "fees": "created_at",
@@ -103,6 +102,7 @@ def test_second_sync_emits_only_what_changed(sandbox_factory: Any) -> None:
         assert len(wanted) < len(expected[stream]) / 2, f"{stream}: second sync re-read too much"
     # Full-table streams are read whole every time.
     assert keys(second, "plans") == set(expected["plans"])
+    assert keys(second, "customers") == set(expected["customers"])
 
     # Bookmarks moved forward and never past the sync's start.
     for stream in INCREMENTAL:
@@ -197,33 +197,35 @@ def test_change_behind_the_reader_is_emitted_next_time(
     sandbox_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A record changed after its page was read, while a later one changed before its page
-    was read, must not fall under the bookmark (the signpost caps it at the sync's start)."""
+    was read, must not fall under the bookmark (the signpost caps it at the sync's start).
+    Invoices: a stream filtered client-side on ``updated_at``."""
     sb = sandbox_factory(seed={"seed": 3, "customers": 12, "events": 0})
-    listed = [c["lago_id"] for c in sb.dump()["customers"]]
+    listed = [i["lago_id"] for i in sb.dump()["invoices"] if i["status"] == "finalized"]
     behind, ahead = listed[0], listed[-1]
     original_advance = LagoPaginator.advance
     fired: list[bool] = []
 
     def advance(self: LagoPaginator, response: Any) -> None:
         original_advance(self, response)
-        if not fired and "/customers" in response.request.path_url:
+        if not fired and "/invoices" in response.request.path_url:
             fired.append(True)
-            sb.upsert("customers", {"lago_id": behind, "name": "changed-after-read"})
+            sb.upsert("invoices", {"lago_id": behind, "number": "changed-after-read"})
             time.sleep(1.1)  # updated_at has second precision: move to the next second
-            sb.upsert("customers", {"lago_id": ahead, "name": "changed-before-read"})
+            sb.upsert("invoices", {"lago_id": ahead, "number": "changed-before-read"})
 
     monkeypatch.setattr(LagoPaginator, "advance", advance)
     config = tap_config(sb, page_size=5)
-    first = run_tap(config, streams={"customers"})
+    first = run_tap(config, streams={"invoices"})
     assert fired
-    names = {r["lago_id"]: r["name"] for r in first.records["customers"]}
-    assert names[ahead] == "changed-before-read"
-    assert names[behind] != "changed-after-read"
+    numbers = {r["lago_id"]: r["number"] for r in first.records["invoices"]}
+    assert numbers[ahead] == "changed-before-read"
+    assert numbers[behind] != "changed-after-read"
 
     monkeypatch.setattr(LagoPaginator, "advance", original_advance)
-    second = run_tap(config, state=first.last_state, streams={"customers"})
-    names = {r["lago_id"]: r["name"] for r in second.records["customers"]}
-    assert names.get(behind) == "changed-after-read"
+    second = run_tap(config, state=first.last_state, streams={"invoices"})
+    numbers = {r["lago_id"]: r["number"] for r in second.records["invoices"]}
+    assert numbers.get(behind) == "changed-after-read"
+    assert ahead not in numbers or numbers[ahead] == "changed-before-read"
 
 
 # The tap's console entry point, with a STATE message every 20 records (the SDK default is
@@ -330,7 +332,7 @@ def test_first_sync_starts_at_start_date(sandbox: Any) -> None:
     start = parse_datetime(stamps[len(stamps) // 2])
     config = tap_config(sandbox, start_date=iso_ms(start), lookback_window_days=1)
     sandbox.requests(clear=True)
-    result = run_tap(config, streams={"customers", "invoices", "credit_notes", "fees", "events"})
+    result = run_tap(config, streams={"invoices", "credit_notes", "fees", "events"})
 
     day_before = (start - dt.timedelta(days=1)).date()
     invoice_queries = [r["query"] for r in sandbox.requests() if r["path"].endswith("/invoices")]
@@ -339,8 +341,6 @@ def test_first_sync_starts_at_start_date(sandbox: Any) -> None:
 
     expected = expected_from_dump(dump)
     since = {
-        # A dimension: read whole on a first sync, whatever start_date says.
-        "customers": dt.datetime.min.replace(tzinfo=dt.timezone.utc),
         "invoices": start,
         "credit_notes": start,
         "fees": start,

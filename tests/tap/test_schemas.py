@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tap_lago.records import UNKNOWN_FIELDS
 from tap_lago.streams import STREAM_TYPES
 from tap_lago.tap import TapLago
 
@@ -87,21 +88,58 @@ def test_key_fields_are_declared_non_null_and_required(name: str) -> None:
     assert generator_keys == set(keys), f"{name}: generator key list out of date"
 
 
-def test_optional_and_nullable_spec_fields_are_nullable() -> None:
-    """Fields the server may omit or send as null accept null (records must validate)."""
-    invoices = json.loads((SCHEMAS_DIR / "invoices.json").read_text(encoding="utf-8"))
-    # nullable (and required) in the spec
-    assert "null" in invoices["properties"]["billing_entity_code"]["type"]
-    # not required in the spec: the server may omit it
-    assert "null" in invoices["properties"]["payment_due_date"]["type"]
-    assert invoices["properties"]["payment_due_date"]["format"] == "date"
-    # required and non-nullable in the spec: kept strict
-    assert invoices["properties"]["lago_id"]["type"] == "string"
-    assert set(invoices["properties"]["payment_status"]["enum"]) == {
-        "pending",
-        "succeeded",
-        "failed",
-    }
+def _non_nullable(schema: dict[str, Any], path: str) -> list[str]:
+    """Properties (at any depth) whose schema refuses null."""
+    found = []
+    for name, prop in (schema.get("properties") or {}).items():
+        where = f"{path}.{name}"
+        types = prop.get("type")
+        types = types if isinstance(types, list) else [types]
+        branches = [b.get("type") for b in prop.get("anyOf", [])]
+        if "null" not in types and "null" not in branches:
+            found.append(where)
+        if "enum" in prop and None not in prop["enum"]:
+            found.append(f"{where} (enum)")
+        found += _non_nullable(prop, where)
+        if isinstance(prop.get("items"), dict):
+            found += _non_nullable(prop["items"], f"{where}[]")
+    return found
+
+
+@pytest.mark.parametrize("name", STREAM_NAMES)
+def test_every_field_but_the_keys_accepts_null(name: str) -> None:
+    """lago-api sends null where the spec says it cannot (issue 11): only keys are strict."""
+    schema = json.loads((SCHEMAS_DIR / f"{name}.json").read_text(encoding="utf-8"))
+    keys = {f"{name}.{key}" for key in schema["required"]}
+    assert set(_non_nullable(schema, name)) == keys
+
+
+def test_spec_defects_are_corrected() -> None:
+    events = json.loads((SCHEMAS_DIR / "events.json").read_text(encoding="utf-8"))
+    # A key: non-null, the tap emits "" for an event without subscription.
+    assert events["properties"]["external_subscription_id"]["type"] == "string"
+    fees = json.loads((SCHEMAS_DIR / "fees.json").read_text(encoding="utf-8"))
+    assert fees["required"] == ["created_at", "lago_id"]
+    # Decimal strings are numbers (emitted exactly); rates that are numbers stay numbers.
+    for stream, field in (
+        ("fees", "precise_amount"),
+        ("fees", "units"),
+        ("wallets", "credits_balance"),
+        ("wallets", "balance"),
+        ("coupons", "percentage_rate"),
+        ("events", "precise_total_amount_cents"),
+        ("taxes", "rate"),
+    ):
+        schema = json.loads((SCHEMAS_DIR / f"{stream}.json").read_text(encoding="utf-8"))
+        assert schema["properties"][field] == {"type": ["number", "null"]}, (stream, field)
+    # Every stream keeps fields it does not declare; nested objects accept new keys.
+    assert _generator().UNKNOWN_FIELDS == UNKNOWN_FIELDS == "_unknown_fields"
+    for name in STREAM_NAMES:
+        schema = json.loads((SCHEMAS_DIR / f"{name}.json").read_text(encoding="utf-8"))
+        assert schema["properties"]["_unknown_fields"]["type"] == ["object", "null"]
+        assert "additionalProperties" not in schema
+    customers = json.loads((SCHEMAS_DIR / "customers.json").read_text(encoding="utf-8"))
+    assert customers["properties"]["billing_configuration"]["additionalProperties"] is True
     subscriptions = json.loads((SCHEMAS_DIR / "subscriptions.json").read_text(encoding="utf-8"))
     statuses = subscriptions["properties"]["status"]["enum"]
-    assert {"active", "pending", "terminated", "canceled"} <= set(statuses)
+    assert {"active", "pending", "terminated", "canceled", None} <= set(statuses)

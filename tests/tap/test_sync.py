@@ -46,11 +46,20 @@ def expected_from_dump(dump: dict[str, list[dict[str, Any]]]) -> dict[str, dict[
     for stream in DUMPED_STREAMS:
         props = schema_of(stream)["properties"]
         out[stream] = {
-            tuple(o[k] for k in key_of(stream)): {k: v for k, v in o.items() if k in props}
+            tuple(o[k] for k in key_of(stream)): {
+                k: _as_emitted(props[k], v) for k, v in o.items() if k in props
+            }
             for o in dump[stream]
             if listed_by_api(stream, o)
         }
     return out
+
+
+def _as_emitted(prop: dict[str, Any], value: Any) -> Any:
+    """A dumped value as the tap emits it: decimal strings as numbers (parsed as floats)."""
+    if isinstance(value, str) and prop.get("type") == ["number", "null"]:
+        return float(value)
+    return value
 
 
 def by_key(result: SyncResult, stream: str) -> dict[tuple, dict]:
@@ -128,7 +137,8 @@ def test_schema_messages_declare_keys_and_bookmarks(full_sync: SyncResult) -> No
     schemas = full_sync.schemas
     assert schemas["events"]["key_properties"] == list(EVENT_KEY)
     assert schemas["events"]["bookmark_properties"] == ["timestamp"]
-    assert schemas["customers"]["bookmark_properties"] == ["updated_at"]
+    assert schemas["invoices"]["bookmark_properties"] == ["updated_at"]
+    assert not schemas["customers"].get("bookmark_properties")  # full table
     assert schemas["fees"]["bookmark_properties"] == ["created_at"]
     assert schemas["customer_usage"]["key_properties"] == [
         "external_customer_id",
@@ -139,7 +149,6 @@ def test_schema_messages_declare_keys_and_bookmarks(full_sync: SyncResult) -> No
     for stream, key in (
         ("events", "timestamp"),
         ("fees", "created_at"),
-        ("customers", "updated_at"),
         ("invoices", "updated_at"),
         ("credit_notes", "updated_at"),
     ):

@@ -12,17 +12,34 @@ from target_lago.client import LagoClient
 from tests.lago_sandbox import Sandbox
 
 CATALOG_ONLY = {"customers": 0, "events": 0}
+EVENT_STORES = ["postgres", "clickhouse"]
+#: Mark a test to run against both of Lago's event stores (the `event_store` fixture).
+both_event_stores = pytest.mark.parametrize("event_store", EVENT_STORES, indirect=True)
 
 
 @pytest.fixture(scope="session")
-def target_org(sandbox_factory: Callable[..., Sandbox]) -> Sandbox:
-    """One catalog-only sandbox for every target test (reset before each one)."""
-    return sandbox_factory(seed=CATALOG_ONLY)
+def target_orgs(sandbox_factory: Callable[..., Sandbox]) -> Callable[[str], Sandbox]:
+    """One catalog-only sandbox per event store, shared by the target tests."""
+    made: dict[str, Sandbox] = {}
+
+    def get(event_store: str) -> Sandbox:
+        if event_store not in made:
+            made[event_store] = sandbox_factory(seed=CATALOG_ONLY, event_store=event_store)
+        return made[event_store]
+
+    return get
 
 
 @pytest.fixture
-def lago(target_org: Sandbox) -> Iterator[Sandbox]:
+def event_store(request: pytest.FixtureRequest) -> str:
+    """The event store of the test's organisation: postgres unless parametrized."""
+    return str(getattr(request, "param", "postgres"))
+
+
+@pytest.fixture
+def lago(target_orgs: Callable[[str], Sandbox], event_store: str) -> Iterator[Sandbox]:
     """An empty organisation (same plans and metrics as any seeded one), no faults."""
+    target_org = target_orgs(event_store)
     target_org.set_faults([])
     target_org.reset(CATALOG_ONLY)
     target_org.requests(clear=True)

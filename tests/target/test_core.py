@@ -7,6 +7,7 @@ events written to the sandbox.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,13 @@ def standard_config(url: str, api_key: str, dead_letters: Path) -> dict[str, Any
         "api_url": url,
         "dead_letter_path": str(dead_letters),
         "stream_actions": {"*": "events"},
+        # Sample streams without key properties name the columns of their event ids.
+        "transaction_id_columns": {
+            "test_no_pk": ["id"],
+            "example_stream": ["id"],
+            "test_object_schema_*": ["object_store"],
+            "test_record_missing_required_property": ["id"],
+        },
         "stream_maps": {
             "*": {
                 "code": "'api_calls'",
@@ -93,11 +101,16 @@ def test_standard_samples_reach_lago_as_events(lago: Sandbox, api_key: str, tmp_
     events = lago.dump()["events"]
     assert {e["code"] for e in events} == {"api_calls"}
     assert {e["external_subscription_id"] for e in events} == {"sub_standard"}
-    # camelcase: 2 ids; duplicate_records: 2 distinct ids among 5 records (same key, same
-    # event); record_missing_required_property: its only record is rejected.
+    # camelcase: 2 ids; duplicate_records: 2 distinct ids among 5 records, whose 3 later
+    # records repeat a key with another metric (conflicting duplicates, dead-lettered);
+    # record_missing_required_property: its only record is rejected.
     assert len(events) == 4
     props = [e["properties"] for e in events]
     assert {"Id": "1", "clientName": "Gitter Windows Desktop App"} in props
-    letters = (tmp_path / "dead_letters.jsonl").read_text().splitlines()
-    assert len(letters) == 1
-    assert '"stream": "test_record_missing_required_property"' in letters[0]
+    letters = [json.loads(line) for line in (tmp_path / "dead_letters.jsonl").open()]
+    assert [(d["stream"], d["error_code"]) for d in letters] == [
+        ("test_duplicate_records", "conflicting_duplicate"),
+        ("test_duplicate_records", "conflicting_duplicate"),
+        ("test_duplicate_records", "conflicting_duplicate"),
+        ("test_record_missing_required_property", "invalid_record"),
+    ]

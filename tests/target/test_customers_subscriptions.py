@@ -94,6 +94,7 @@ def test_subscriptions_repost_skip_and_reject(lago: Sandbox, config: dict, plan:
     assert isinstance(first.error, RecordsRejectedError)
     assert first.counts["subscriptions"] == {
         "received": 5, "delivered": 2, "already_present": 0, "rejected": 1, "skipped": 2,
+        "accepted_unverified": 0,
     }  # fmt: skip
     subs = lago.dump()["subscriptions"]
     [main] = by_external_id(subs, "sub_1")

@@ -39,6 +39,7 @@ def test_dry_run_sends_nothing_and_reports_payloads_and_rejections(
     assert isinstance(run.error, RecordsRejectedError)
     assert run.counts["events"] == {
         "received": 12, "delivered": 11, "already_present": 0, "rejected": 1, "skipped": 0,
+        "accepted_unverified": 0,
     }  # fmt: skip
     assert run.counts["customers"]["delivered"] == 1
     assert run.counts["subscriptions"]["delivered"] == 1
@@ -46,8 +47,8 @@ def test_dry_run_sends_nothing_and_reports_payloads_and_rejections(
     shown = [m for m in caplog.messages if m.startswith("dry run: would POST /events/batch")]
     assert len(shown) == 5  # the first payloads of the stream
     first = json.loads(shown[0].split(" ", 5)[5])
-    assert first["events"]["code"] == metric_code
-    assert isinstance(first["events"]["timestamp"], int)
+    assert first["events"][0]["code"] == metric_code
+    assert isinstance(first["events"][0]["timestamp"], int)
     assert "dry run: would POST /customers" in logs
     assert "'timestamp' 'not a time' is not ISO-8601" in logs
     assert "summary stream=events action=events received=12 delivered=11" in logs
@@ -59,7 +60,7 @@ def test_dry_run_cli_exit_status_follows_rejections(
 ) -> None:
     strict = run_cli(tmp_path, {**config, "dry_run": True}, messages(plan["code"], metric_code))
     assert strict.returncode == 1
-    assert "1 record(s) rejected" in strict.stderr
+    assert "1 record(s) would be rejected" in strict.stderr
     lenient = run_cli(
         tmp_path,
         {**config, "dry_run": True, "allow_rejections": True},

@@ -13,6 +13,7 @@ import io
 import json
 import threading
 import time
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,13 +22,15 @@ import pendulum
 import pytest
 from singer_sdk.exceptions import InvalidRecord
 from singer_sdk.sinks.core import JSONSchemaValidator
-from target_lago.client import LagoClient, LagoUnavailableError
+from target_lago.actions.events import transaction_id
+from target_lago.client import LagoClient, LagoEndpointError
 from target_lago.inflight import InFlight
-from target_lago.mapping import to_epoch, transaction_id
+from target_lago.mapping import to_epoch
 from target_lago.target import RecordsRejectedError, TargetLago
 from target_lago.validation import RecordValidator
 
 from tests.lago_sandbox import Sandbox
+from tests.target.conftest import both_event_stores
 from tests.target.helpers import (
     EVENT_PROPS,
     dead_letters,
@@ -35,6 +38,7 @@ from tests.target.helpers import (
     run_target,
     schema,
     state,
+    stored_as,
     usage_rows,
 )
 
@@ -180,16 +184,34 @@ def test_impossible_timestamps_are_still_refused(text: str) -> None:
 
 
 def test_derived_transaction_ids_never_change_between_versions() -> None:
-    # Pinned from the first release: a changed id would store a replayed row twice.
-    assert transaction_id("events", {"id": 1}, ["id"]) == (
-        "tl-22b849d0da6a0f069ae08dfbdbd45477dc32637a"
+    # Pinned since ids stopped depending on the stream name (0.2): a changed id would
+    # store a replayed row twice.
+    assert transaction_id("api_calls", {"id": 1}, ["id"]) == (
+        "tl-30d8a71a874cd3587ad090ce6dca09e51c422a58"
     )
-    assert transaction_id("usage", {"id": "row-\u00e9-7", "day": "2025-01-01"}, ["id", "day"]) == (
-        "tl-cd3d42c48b9c7f7fba6b54b8342d8f1ccb9044f5"
+    row = {"id": "row-\u00e9-7", "day": "2025-01-01", "loaded_at": "2026-01-01"}
+    assert transaction_id("storage", row, ["id", "day"]) == (
+        "tl-bb44ad165440d0a07f50bf335c7f0bfc281d1195"
     )
-    assert transaction_id("events", {"code": "c", "units": 3}, []) == (
-        "tl-f9e340e49ac9fc893d4f23f3596409fa89926332"
+    assert transaction_id("api_calls", {"id": 1.5}, ["id"]) == (
+        "tl-0848ec91ecb8778f4175f5715ea269551b7d7afb"
     )
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ({"id": 1}, {"id": 1.0}),
+        ({"id": 1}, {"id": "1"}),
+        ({"id": 1}, {"id": Decimal("1.00")}),
+        ({"id": 7, "day": "2025-01-01T00:00:00Z"}, {"id": 7, "day": "2025-01-01T00:00:00+00:00"}),
+        ({"id": 7, "day": "2025-01-01T01:00:00+01:00"}, {"id": 7, "day": "2025-01-01T00:00:00"}),
+        ({"id": 2.50}, {"id": "2.5"}),
+    ],
+)
+def test_a_key_written_another_way_keeps_its_transaction_id(one: dict, other: dict) -> None:
+    columns = sorted(one)
+    assert transaction_id("api_calls", one, columns) == transaction_id("api_calls", other, columns)
 
 
 def test_numbers_keep_their_exact_value_through_the_fast_reader(
@@ -223,15 +245,20 @@ def test_numbers_keep_their_exact_value_through_the_fast_reader(
 # Requests in flight --------------------------------------------------------------------
 
 
+@both_event_stores
 def test_eight_requests_in_flight_under_faults_store_each_event_exactly_once(
-    lago: Sandbox, config: dict, metric_code: str, monkeypatch: pytest.MonkeyPatch
+    lago: Sandbox,
+    config: dict,
+    metric_code: str,
+    monkeypatch: pytest.MonkeyPatch,
+    event_store: str,
 ) -> None:
     busy = 0
     peak = 0
     lock = threading.Lock()
     original_post = LagoClient.post
 
-    def counting_post(self: LagoClient, path: str, body: dict) -> Any:
+    def counting_post(self: LagoClient, path: str, body: Any) -> Any:
         nonlocal busy, peak
         with lock:
             busy += 1
@@ -275,13 +302,14 @@ def test_eight_requests_in_flight_under_faults_store_each_event_exactly_once(
     assert peak == 8  # the pool was kept full, and never beyond the setting
     counts = run.counts["events"]
     assert counts["received"] == 6_000
-    assert counts["delivered"] == 6_000
+    assert stored_as(counts, event_store) == 6_000
+    assert counts["already_present"] == 0
     assert counts["rejected"] == 0
     lago.set_faults([])
     events = lago.dump()["events"]
     assert len(events) == 6_000
     assert {e["transaction_id"] for e in events} == {
-        transaction_id("events", r, ["id"]) for r in rows
+        transaction_id(r["code"], r, ["id"]) for r in rows
     }
     assert run.states[-1] == {"rows": 6_000}
     assert not Path(config["dead_letter_path"]).exists()
@@ -366,7 +394,7 @@ def test_a_proxy_from_the_environment_is_honoured(
 
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
     proxied = LagoClient(lago.url, lago.api_key, timeout=5, max_retries=0)
-    with pytest.raises(LagoUnavailableError, match="ProxyError"):
+    with pytest.raises(LagoEndpointError, match="ProxyError"):
         proxied.post("/events/batch", {"events": [{"transaction_id": "q", "code": "c"}]})
     proxied.stop()
     monkeypatch.delenv("HTTP_PROXY")  # the sandbox's own helpers go direct again

@@ -1,0 +1,132 @@
+"""`customers`: `POST /customers`, an upsert on `external_id`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from target_lago.mapping import RecordRejected, missing, plain, refuse_unsendable
+from target_lago.sinks import OneByOneSink
+
+CUSTOMER_FIELDS = frozenset(
+    {
+        "external_id",
+        "billing_entity_code",
+        "address_line1",
+        "address_line2",
+        "city",
+        "country",
+        "currency",
+        "email",
+        "legal_name",
+        "legal_number",
+        "logo_url",
+        "name",
+        "firstname",
+        "lastname",
+        "account_type",
+        "customer_type",
+        "phone",
+        "state",
+        "tax_codes",
+        "tax_identification_number",
+        "timezone",
+        "url",
+        "zipcode",
+        "net_payment_term",
+        "finalize_zero_amount_invoice",
+        "billing_configuration",
+        "shipping_address",
+        "integration_customers",
+        "metadata",
+        "skip_invoice_custom_sections",
+        "invoice_custom_section_codes",
+    }
+)
+CUSTOMER_READ_ONLY = frozenset(
+    {
+        "lago_id",
+        "sequential_id",
+        "slug",
+        "applicable_timezone",
+        "created_at",
+        "updated_at",
+        "error_details",
+        "taxes",
+        "applicable_invoice_custom_sections",
+    }
+)
+
+def customer_payload(record: Mapping[str, Any]) -> tuple[dict, list[str]]:
+    """Build the `customer` body of `POST /customers` (an upsert on `external_id`).
+
+    tap-lago's output shapes are converted to input shapes: `taxes` become
+    `tax_codes`, custom sections become their codes, metadata and integrations lose
+    their ids. Keys absent from the record stay absent (Lago leaves them unchanged).
+
+    Args:
+        record: The record.
+
+    Returns:
+        The body and the record's columns that Lago cannot take (ignored).
+
+    Raises:
+        RecordRejected: When `external_id` is missing.
+    """
+    if missing(record.get("external_id")):
+        raise RecordRejected(
+            {"external_id": ["value_is_mandatory"]}, "'external_id' is missing or empty"
+        )
+    body: dict[str, Any] = {}
+    ignored: list[str] = []
+    for key, value in record.items():
+        if key in CUSTOMER_FIELDS:
+            body[key] = value
+        elif key not in CUSTOMER_READ_ONLY and not key.startswith("_sdc_"):
+            ignored.append(key)
+    body["external_id"] = str(body["external_id"])
+    if "tax_codes" not in body and isinstance(record.get("taxes"), list):
+        body["tax_codes"] = _codes(record["taxes"])
+    sections = record.get("applicable_invoice_custom_sections")
+    if "invoice_custom_section_codes" not in body and isinstance(sections, list):
+        body["invoice_custom_section_codes"] = _codes(sections)
+    if isinstance(body.get("metadata"), list):
+        body["metadata"] = [
+            {k: v for k, v in item.items() if k in {"id", "key", "value", "display_in_invoice"}}
+            for item in body["metadata"]
+            if isinstance(item, Mapping)
+        ]
+    if isinstance(body.get("integration_customers"), list):
+        body["integration_customers"] = [
+            _integration(item)
+            for item in body["integration_customers"]
+            if isinstance(item, Mapping)
+        ]
+    refuse_unsendable(body)
+    return plain(body), ignored
+
+
+def _codes(items: Iterable[Any]) -> list[str]:
+    return [str(item["code"]) for item in items if isinstance(item, Mapping) and item.get("code")]
+
+
+def _integration(item: Mapping[str, Any]) -> dict:
+    out = {k: v for k, v in item.items() if k not in {"lago_id", "type"}}
+    if "integration_type" not in out and item.get("type") is not None:
+        out["integration_type"] = item["type"]
+    return out
+
+
+class CustomersSink(OneByOneSink):
+    """`POST /customers`: create or update the customer with this `external_id`."""
+
+    action = "customers"
+    endpoint = "/customers"
+    root_key = "customer"
+    rank = 0
+
+    def build(self, record: dict) -> tuple[dict, str]:
+        """Map a record to a customer body."""
+        payload, ignored = customer_payload(record)
+        self.warn_ignored(ignored)
+        return payload, f"customer {payload['external_id']!r}"
