@@ -136,6 +136,18 @@ class TapLago(Tap):
                 "X-RateLimit-Reset or Retry-After asks)."
             ),
         ),
+        th.Property(
+            "emit_activate_version_messages",
+            th.BooleanType,
+            default=True,
+            title="Emit ACTIVATE_VERSION messages",
+            description=(
+                "Full-table streams (customers, plans, coupons, add-ons, ...) open each "
+                "sync with ACTIVATE_VERSION, so a loader that supports it (e.g. "
+                "target-postgres with add_record_metadata) removes or marks deleted the "
+                "rows Lago no longer lists."
+            ),
+        ),
     ).to_dict()
 
     def __init__(self, *args: object, **kwargs: object) -> None:
