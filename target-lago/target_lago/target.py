@@ -39,6 +39,8 @@ ENDPOINT_CHECKS: dict[str, tuple[str, str, bytes | None, int]] = {
     "events": ("POST", "/events/batch", b'{"events":[]}', 422),
     "customers": ("GET", "/customers?per_page=1", None, 200),
     "subscriptions": ("GET", "/subscriptions?per_page=1", None, 200),
+    # No customer: 422 customer_not_found, nothing created.
+    "wallets": ("POST", "/wallets", b'{"wallet":{"external_customer_id":""}}', 422),
 }
 SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while others wait
 
@@ -123,8 +125,8 @@ class TargetLago(Target):
             th.ObjectType(additional_properties=th.StringType(allowed_values=list(SINKS))),
             default={},
             description=(
-                "Stream name or glob -> Lago action (events, customers, subscriptions). "
-                "Streams named events, customers and subscriptions need no entry."
+                f"Stream name or glob -> Lago action ({', '.join(SINKS)}). "
+                "Streams named after an action need no entry."
             ),
         ),
         th.Property(
