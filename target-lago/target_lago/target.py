@@ -39,8 +39,14 @@ ENDPOINT_CHECKS: dict[str, tuple[str, str, bytes | None, int]] = {
     "events": ("POST", "/events/batch", b'{"events":[]}', 422),
     "customers": ("GET", "/customers?per_page=1", None, 200),
     "subscriptions": ("GET", "/subscriptions?per_page=1", None, 200),
-    # No customer: 422 customer_not_found, nothing created.
+    # No customer: 422 customer_not_found / wallet_not_found, nothing created.
     "wallets": ("POST", "/wallets", b'{"wallet":{"external_customer_id":""}}', 422),
+    "wallet_transactions": (
+        "POST",
+        "/wallet_transactions",
+        b'{"wallet_transaction":{"wallet_id":""}}',
+        422,
+    ),
 }
 SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while others wait
 
@@ -135,8 +141,9 @@ class TargetLago(Target):
             default={},
             description=(
                 "Stream name or glob -> the columns that identify a row, for events streams "
-                "whose records have no transaction_id: the id is derived from the event's "
-                "code and these columns only. Default: the stream's key properties."
+                "whose records have no transaction_id (the id is derived from the event's "
+                "code and these columns only) and wallet_transactions streams. Default: the "
+                "stream's key properties."
             ),
         ),
         th.Property(

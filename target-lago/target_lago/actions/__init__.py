@@ -12,6 +12,7 @@ from __future__ import annotations
 from target_lago.actions.customers import CustomersSink
 from target_lago.actions.events import EventsSink
 from target_lago.actions.subscriptions import SubscriptionsSink
+from target_lago.actions.wallet_transactions import WalletTransactionsSink
 from target_lago.actions.wallets import WalletsSink
 from target_lago.sinks import LagoSink
 
@@ -21,6 +22,7 @@ ACTIONS: dict[str, type[LagoSink]] = {
         CustomersSink,
         WalletsSink,
         SubscriptionsSink,
+        WalletTransactionsSink,
         EventsSink,
     )
 }
