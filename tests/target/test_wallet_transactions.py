@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.lago_sandbox import Sandbox
 from tests.target.helpers import (
     cli_command,
@@ -17,6 +19,7 @@ from tests.target.helpers import (
     dead_letters,
     record,
     run_cli,
+    run_target,
     schema,
     to_lines,
     write_config,
@@ -194,3 +197,21 @@ def test_killed_mid_run_then_rerun_makes_each_transaction_once(
     assert counts["delivered"] + counts["already_present"] == 300
     ids = by_record(lago.dump())
     assert len(ids) == 300 and set(ids.values()) == {1}
+
+
+def test_a_lago_without_the_metadata_filter_stops_the_run(
+    lago: Sandbox, config: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from target_lago.actions import wallet_transactions as module
+
+    original = module.list_all
+
+    def unfiltered(client: Any, path: str, params: dict, root: str) -> Any:
+        return original(client, path, {}, root)  # as lago-api before v1.51.0 answers
+
+    monkeypatch.setattr(module, "list_all", unfiltered)
+    wallets = make_wallets(lago, 1)  # its initial grant carries no target_lago_id
+    run = run_target(config, messages(rows_for(wallets, 3)))
+    assert isinstance(run.error, module.LagoFilterUnsupported), run.error
+    assert "older than v1.51.0" in str(run.error)
+    assert len(lago.dump()["wallet_transactions"]) == 1  # nothing posted
