@@ -139,6 +139,7 @@ def test_bad_rows_are_dead_lettered_with_lagos_reason(
     assert (counts["delivered"], counts["rejected"], counts["skipped"]) == (1, 6, 1)
     letters = {d["record"].get("id"): d for d in dead_letters(config["dead_letter_path"])}
     assert letters[2]["error_code"] == "wallet_not_found"
+    assert letters[2]["transaction_id"].startswith("tl-")
     assert (letters[3]["http_status"], letters[3]["details"]) == (
         422, {"voided_credits": ["insufficient_credits"]},
     )  # fmt: skip
@@ -215,3 +216,28 @@ def test_a_lago_without_the_metadata_filter_stops_the_run(
     assert isinstance(run.error, module.LagoFilterUnsupported), run.error
     assert "older than v1.51.0" in str(run.error)
     assert len(lago.dump()["wallet_transactions"]) == 1  # nothing posted
+
+
+def test_amounts_become_exact_decimal_strings() -> None:
+    import decimal
+
+    from target_lago.actions.wallet_transactions import transaction_payload
+    from target_lago.mapping import RecordRejected
+
+    row = {"id": 1, "wallet_id": "w", "paid_credits": 10, "granted_credits": 0.1,
+           "voided_credits": "1e3"}  # fmt: skip
+    body = transaction_payload(row, ["id"])
+    assert (body["paid_credits"], body["granted_credits"], body["voided_credits"]) == (
+        "10", "0.1", "1000",
+    )  # fmt: skip
+    assert transaction_payload({**row, "paid_credits": decimal.Decimal("2.50")}, ["id"])[
+        "paid_credits"
+    ] == "2.50"
+    assert body["metadata"] == [{"key": "target_lago_id", "value": body["metadata"][0]["value"]}]
+    assert body == transaction_payload({**row, "name": None, "loaded_at": 5}, ["id"])
+    assert body != transaction_payload({**row, "id": 2}, ["id"])
+    for field, value in [("paid_credits", True), ("granted_credits", "12,5"),
+                         ("voided_credits", float("nan")), ("paid_credits", -1)]:  # fmt: skip
+        with pytest.raises(RecordRejected) as caught:
+            transaction_payload({**row, field: value}, ["id"])
+        assert caught.value.details == {field: [f"invalid_{field}", "invalid_amount"]}

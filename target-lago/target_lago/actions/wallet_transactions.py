@@ -77,15 +77,15 @@ def transaction_payload(record: Mapping[str, Any], columns: t.Sequence[str]) -> 
         if value is None or value == "":
             continue
         try:
-            text = decimal_text(value)
-            number = decimal.Decimal(text)
+            number = decimal.Decimal(decimal_text(value))
             if number < 0:
                 raise ValueError(f"{value!r} is negative")
         except ValueError as exc:
             details[field] = [f"invalid_{field}", "invalid_amount"]
             reasons.append(f"'{field}' {exc}")
             continue
-        body[field] = text
+        # Plain notation, as the spec's pattern wants ("1e3" -> "1000", "-0" -> "0").
+        body[field] = format(abs(number) if number == 0 else number, "f")
         positive = positive or number > 0
     for field in ("name", "invoice_requires_successful_payment", "ignore_paid_top_up_limits",
                   "priority"):  # fmt: skip
@@ -129,6 +129,19 @@ def _metadata(value: Any) -> list[dict] | None:
         if item.get("key") != ID_KEY:
             pairs.append({"key": str(item.get("key")), "value": str(item.get("value"))})
     return pairs
+
+
+def _carries(transaction: dict, tid: str) -> bool:
+    return any(
+        isinstance(m, Mapping) and m.get("key") == ID_KEY and m.get("value") == tid
+        for m in transaction.get("metadata") or []
+    )
+
+
+def record_id(payload: Mapping[str, Any] | None) -> str | None:
+    """The `target_lago_id` of a built body."""
+    pairs = (payload or {}).get("metadata") or []
+    return next((p["value"] for p in pairs if p.get("key") == ID_KEY), None)
 
 
 class WalletTransactionsSink(OneByOneSink):
@@ -180,11 +193,28 @@ class WalletTransactionsSink(OneByOneSink):
                 and not c.startswith("_sdc_")
             ]
         )
-        tid = payload["metadata"][-1]["value"]
+        tid = record_id(payload)
         where = payload.get("wallet_id") or (
             f"{payload['wallet_code']!r} of customer {payload['external_customer_id']!r}"
         )
         return payload, f"wallet transaction {tid!r} (wallet {where})"
+
+    def reject(
+        self,
+        record: dict,
+        status: int | None,
+        code: str | None,
+        details: Any,
+        message: str,
+        *,
+        payload: dict | None = None,
+    ) -> None:
+        """Dead-letter a record with its `target_lago_id` as the transaction id."""
+        tid = record_id(payload)
+        super().reject(
+            record, status, code, details, message,
+            payload={"transaction_id": tid} if tid else None,
+        )  # fmt: skip
 
     def deliver(self, items: list[Item]) -> None:
         """Send each wallet's records in order (a void after its grant), wallets in parallel."""
@@ -225,7 +255,7 @@ class WalletTransactionsSink(OneByOneSink):
 
     def _settled(self, item: Item, wallet_id: str) -> bool | None:
         """Whether the record's transactions exist (None: the wallet is refused)."""
-        tid = item.payload["metadata"][-1]["value"]
+        tid = str(record_id(item.payload))
         path = f"/wallets/{urllib.parse.quote(wallet_id, safe='')}/wallet_transactions"
         found, refused = list_all(
             self.lago.client, path, {f"metadata[{ID_KEY}]": tid}, "wallet_transactions"
@@ -233,8 +263,7 @@ class WalletTransactionsSink(OneByOneSink):
         if refused is not None:
             self.reject_response(item, refused, refused.error_details or refused.body)
             return None
-        pair = {"key": ID_KEY, "value": tid}
-        if any(pair not in (f.get("metadata") or []) for f in found):
+        if not all(_carries(f, tid) for f in found):
             msg = (
                 f"GET {path} ignored the metadata[{ID_KEY}] filter: this Lago is older "
                 "than v1.51.0, so a replayed wallet transaction cannot be recognised and "
