@@ -369,8 +369,8 @@ class TargetLago(Target):
         action = self.action_for(stream_name)
         if action is None:
             msg = (
-                f"Stream '{stream_name}' has no Lago action: streams named events, "
-                "customers or subscriptions take that action; map any other stream "
+                f"Stream '{stream_name}' has no Lago action: a stream named after an "
+                "action takes that action; map any other stream "
                 "(exact name or glob) in the stream_actions setting to one of: "
                 f"{', '.join(SINKS)}."
             )

@@ -18,11 +18,5 @@ from target_lago.sinks import LagoSink
 
 ACTIONS: dict[str, type[LagoSink]] = {
     sink.action: sink
-    for sink in (
-        CustomersSink,
-        WalletsSink,
-        SubscriptionsSink,
-        WalletTransactionsSink,
-        EventsSink,
-    )
+    for sink in (CustomersSink, SubscriptionsSink, EventsSink, WalletsSink, WalletTransactionsSink)
 }
