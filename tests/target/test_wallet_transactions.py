@@ -241,3 +241,27 @@ def test_amounts_become_exact_decimal_strings() -> None:
         with pytest.raises(RecordRejected) as caught:
             transaction_payload({**row, field: value}, ["id"])
         assert caught.value.details == {field: [f"invalid_{field}", "invalid_amount"]}
+
+
+def test_customers_then_wallets_then_transactions_in_one_run(
+    lago: Sandbox, config: dict, tmp_path: Path
+) -> None:
+    # The transactions come first in the input: they still wait for their wallet.
+    msgs = [
+        schema(STREAM, PROPS, ["id"]),
+        schema("customers", {"external_id": {"type": "string"}}, ["external_id"]),
+        schema("wallets", {"code": {"type": "string"}}, ["external_customer_id", "code"]),
+        *(record(STREAM, r) for r in [
+            {"id": 1, "external_customer_id": "new", "wallet_code": "main", "granted_credits": 5},
+            {"id": 2, "external_customer_id": "new", "wallet_code": "main", "voided_credits": 2},
+        ]),
+        record("customers", {"external_id": "new", "currency": "EUR"}),
+        record("wallets", {"external_customer_id": "new", "code": "main", "rate_amount": "1"}),
+    ]  # fmt: skip
+    proc = run_cli(tmp_path, config, msgs)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    writes = [r["path"].rsplit("/api/v1", 1)[1] for r in lago.requests()
+              if r["method"] == "POST" and r["status"] == 200]  # fmt: skip
+    assert writes == ["/customers", "/wallets", "/wallet_transactions", "/wallet_transactions"]
+    [wallet] = lago.dump()["wallets"]
+    assert wallet["credits_balance"] == "3.0"  # the void came after its grant
