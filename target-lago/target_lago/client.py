@@ -309,7 +309,7 @@ class LagoClient:
             max_retries: Retries allowed per request after the first attempt.
             pool_size: Connections kept open (the number of requests in flight).
         """
-        self.api_url = api_url.rstrip("/")
+        self.api_url = redact_url(api_url.rstrip("/"))  # for messages: no password
         self.timeout = timeout
         self.max_retries = max_retries
         headers = {
@@ -320,10 +320,11 @@ class LagoClient:
         }
         seconds = timeout if timeout > 0 else None
         self._transport: _Connections | _Session
-        if requests.utils.get_environ_proxies(self.api_url):
-            self._transport = _Session(self.api_url, headers, seconds, pool_size)
+        root = api_url.rstrip("/")
+        if requests.utils.get_environ_proxies(root):
+            self._transport = _Session(root, headers, seconds, pool_size)
         else:
-            self._transport = _Connections(self.api_url, headers, seconds)
+            self._transport = _Connections(root, headers, seconds)
         self._stopped = threading.Event()
 
     def stop(self) -> None:
@@ -457,6 +458,19 @@ class LagoClient:
             "acknowledged; rerun the same input: deliveries are idempotent."
         )
         raise LagoUnavailableError(msg)
+
+
+def redact_url(url: str) -> str:
+    """The URL without a password it may carry (`https://user:***@host/...`)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return url.split("@", 1)[-1] if "@" in url else url
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}" if user else host))
 
 
 def encode(body: Any) -> bytes:

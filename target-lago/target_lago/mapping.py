@@ -13,7 +13,8 @@ from typing import Any
 
 import pendulum
 
-_NUMERIC = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+# ASCII digits only: Python reads full-width digits as numbers, Lago (Ruby) reads them as 0.
+_NUMERIC = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
 # 10^11 seconds is the year 5138: a larger epoch value is milliseconds, which Lago
 # would silently read as seconds.
 _MAX_EPOCH_SECONDS = 10**11
@@ -200,6 +201,19 @@ def _fast_iso(text: str) -> dt.datetime | None:
         return None  # e.g. February 30th: pendulum words the rejection
 
 
+def iso_moment(text: str) -> str | None:
+    """An ISO-8601 date-time as UTC `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` (naive is UTC).
+
+    Returns None for text that is not one of the common ISO-8601 date-time forms.
+    """
+    moment = _fast_iso(text) if len(text) >= 19 else None
+    if moment is None:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.timezone.utc)
+    return moment.replace(tzinfo=None).isoformat() + "Z"
+
+
 def _epoch_of_datetime(value: Any, moment: dt.datetime) -> int | str:
     """Epoch seconds of a moment (naive means UTC), as `to_epoch` returns them."""
     # Plain datetime arithmetic (a pendulum DateTime would build an Interval).
@@ -260,10 +274,12 @@ def unsendable(value: Any, path: str, depth: int = 0) -> tuple[str, str] | None:
             return path, f"'{path}' is nested more than {MAX_DEPTH} levels deep"
         for key, item in value.items():
             where = f"{path}.{key}" if path else str(key)
-            if type(key) is str and _has_surrogate(key):
-                return where, f"'{where}' has a key that is not valid Unicode (lone surrogate)"
+            if type(key) is str and (_has_surrogate(key) or "\x00" in key):
+                return where, f"'{where}' has a key that is not valid Unicode text"
             kind = type(item)
-            if kind in (int, bool, type(None)) or (kind is str and item.isascii()):
+            if kind in (int, bool, type(None)) or (
+                kind is str and item.isascii() and "\x00" not in item
+            ):
                 continue
             found = unsendable(item, where, depth + 1)
             if found is not None:
@@ -272,6 +288,8 @@ def unsendable(value: Any, path: str, depth: int = 0) -> tuple[str, str] | None:
     if kind is str:
         if _has_surrogate(value):
             return path, f"'{path}' is not valid Unicode text (lone surrogate)"
+        if "\x00" in value:
+            return path, f"'{path}' holds a NUL character, which Lago's database cannot store"
         return None
     if isinstance(value, float) and not math.isfinite(value):
         return path, f"'{path}' is {value}, which JSON cannot carry (it would arrive as null)"
@@ -299,6 +317,8 @@ def _has_surrogate(text: str) -> bool:
 
 # Lago stores precise_total_amount_cents as DECIMAL(40, 15): 25 digits before the point.
 _MAX_AMOUNT = decimal.Decimal(10) ** 25
+_AMOUNT_PLACES = decimal.Decimal(10) ** -15
+_WIDE = decimal.Context(prec=80)
 
 
 def decimal_text(value: Any) -> str:
@@ -306,7 +326,8 @@ def decimal_text(value: Any) -> str:
 
     Raises:
         ValueError: For anything Lago would silently store as 0 or could not hold: text
-            that is not a number, NaN, infinity, a boolean, or 10^25 and more.
+            that is not a number, NaN, infinity, a boolean, 10^25 and more, or digits
+            beyond the 15th decimal place (Lago would round them away).
     """
     if isinstance(value, bool) or not isinstance(value, (int, float, decimal.Decimal, str)):
         raise ValueError(f"must be a number, got {type(value).__name__} {value!r}")
@@ -323,4 +344,8 @@ def decimal_text(value: Any) -> str:
         raise ValueError(f"{value!r} is not a finite number")
     if abs(number) >= _MAX_AMOUNT:
         raise ValueError(f"{value!r} is out of range (at most 25 digits before the point)")
-    return text if text is not None else format(number, "f")
+    if number != number.quantize(_AMOUNT_PLACES, rounding=decimal.ROUND_DOWN, context=_WIDE):
+        raise ValueError(f"{value!r} has more than 15 decimal places (Lago keeps 15)")
+    # One spelling per amount ("12.50", 12.5 and "1.25e1" are the same event).
+    normal = number.normalize(_WIDE)
+    return format(normal if normal != 0 else decimal.Decimal(0), "f")

@@ -59,6 +59,10 @@ class StreamStats:
         return f"summary stream={self.stream} action={self.action} {counts}{mode}"
 
 
+class DeadLetterError(Exception):
+    """A rejected record could not be written to the dead-letter file (fatal)."""
+
+
 def _finite(value: Any) -> Any:
     """A copy with NaN and infinities as strings (strict JSON has no such numbers)."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -161,9 +165,17 @@ class RunReport:
             self.logger.warning("Rejected record: %s", text)
             return
         with self._lock:
-            self.dead_letter_path.parent.mkdir(parents=True, exist_ok=True)
-            with self.dead_letter_path.open("a", encoding="utf-8") as handle:
-                handle.write(text + "\n")
+            try:
+                self.dead_letter_path.parent.mkdir(parents=True, exist_ok=True)
+                with self.dead_letter_path.open("a", encoding="utf-8") as handle:
+                    handle.write(text + "\n")
+            except OSError as exc:
+                # The record would be lost: stop the run before any STATE passes it.
+                msg = (
+                    f"cannot write the dead-letter file {self.dead_letter_path} "
+                    f"({exc.strerror or exc}): check the dead_letter_path setting and the disk"
+                )
+                raise DeadLetterError(msg) from None
 
     def log_summary(self, *, dry_run: bool = False) -> None:
         """Log one summary line per stream."""

@@ -18,23 +18,39 @@ from pathlib import Path
 from typing import Any, TextIO
 
 
-def letters(lines: Iterable[str], source: str, errors: TextIO) -> Iterator[dict[str, Any]]:
-    """The dead letters that hold a record, in file order; the others are reported."""
+def letters(lines: Iterable[str], source: str, errors: Any) -> Iterator[dict[str, Any]]:
+    """The dead letters that can be re-sent, in file order; the others are reported."""
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        where = f"{source}:{number}"
         try:
             letter = json.loads(line)
         except ValueError as exc:
-            errors.write(f"{source}:{number}: not JSON ({exc}); left out\n")
+            errors.write(f"{where}: left out: not JSON ({exc})\n")
             continue
         if not isinstance(letter, dict) or not isinstance(letter.get("stream"), str):
-            errors.write(f"{source}:{number}: not a target-lago dead letter; left out\n")
+            errors.write(f"{where}: left out: not a target-lago dead letter\n")
             continue
-        if not isinstance(letter.get("record"), dict):
+        stream = letter["stream"]
+        if "record" not in letter:
+            errors.write(f"{where}: left out: stream '{stream}': the line has no record\n")
+            continue
+        if not isinstance(letter["record"], dict):
             errors.write(
-                f"{source}:{number}: stream '{letter['stream']}': the record could not be "
-                "read as an object (it is kept as text): fix it by hand; left out\n"
+                f"{where}: left out: stream '{stream}': the record could not be read as an "
+                "object (it is kept as text): fix it by hand\n"
+            )
+            continue
+        tid = letter.get("transaction_id")
+        if letter.get("error_code") == "conflicting_duplicate" and (
+            letter["record"].get("transaction_id") in (None, "", tid)
+        ):
+            errors.write(
+                f"{where}: left out: stream '{stream}': a conflicting duplicate of event "
+                f"{tid!r}, which Lago already holds: re-sent with that id it would be "
+                "counted as already present (or billed twice on a ClickHouse store). Give "
+                "the record its own transaction_id in the file to send it as a new event\n"
             )
             continue
         yield letter
@@ -76,17 +92,35 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
     )
     args = parser.parse_args(argv)
     found: list[dict[str, Any]] = []
+    counting = _Counting(err)
     for path in args.files:
-        with path.open(encoding="utf-8") as handle:
-            found.extend(letters(handle, str(path), err))
+        try:
+            with path.open(encoding="utf-8", errors="surrogateescape") as handle:
+                found.extend(letters(handle, str(path), counting))
+        except OSError as exc:
+            err.write(f"cannot read {path}: {exc.strerror or exc}\n")
+            return 2
     if args.stream:
         found = [letter for letter in found if letter["stream"] in args.stream]
     count = 0
     for message in messages(found):
-        out.write(json.dumps(message) + "\n")  # \u escapes: an unfixed surrogate survives
+        out.write(json.dumps(message) + "\n")  # \\u escapes: an unfixed surrogate survives
         count += message["type"] == "RECORD"
-    err.write(f"{count} record(s) to re-send\n")
-    return 0
+    left = counting.lines
+    err.write(f"{count} record(s) to re-send, {left} line(s) left out\n")
+    return 1 if left else 0
+
+
+class _Counting:
+    """A writer that counts the lines it is given."""
+
+    def __init__(self, target: TextIO) -> None:
+        self.target = target
+        self.lines = 0
+
+    def write(self, text: str) -> int:
+        self.lines += text.count("\n")
+        return self.target.write(text)
 
 
 if __name__ == "__main__":

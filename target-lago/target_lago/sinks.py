@@ -48,6 +48,8 @@ class LagoSink(BatchSink):
     endpoint: t.ClassVar[str]
     root_key: t.ClassVar[str]
     rank: t.ClassVar[int]
+    #: Whether the body carries a list of records under `root_key` (events).
+    batched: t.ClassVar[bool] = False
     #: Fields the mapping reads itself, in any form it accepts: their declared types in
     #: the incoming schema are not enforced (stream maps type a dict expression as string).
     self_parsed: t.ClassVar[tuple[str, ...]] = ()
@@ -167,7 +169,10 @@ class LagoSink(BatchSink):
                 self.logger.info(
                     "dry run: would POST %s %s",
                     self.endpoint,
-                    json.dumps({self.root_key: payload}, default=json_default),
+                    json.dumps(
+                        {self.root_key: [payload] if self.batched else payload},
+                        default=json_default,
+                    ),
                 )
             return
         context.setdefault("records", []).append(item)

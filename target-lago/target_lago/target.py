@@ -5,27 +5,34 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import fnmatch
+import io
 import json
 import re
+import signal
 import sys
 import typing as t
+import urllib.parse
+from pathlib import Path
 
 import msgspec
 from singer_sdk import Target
 from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError
+from singer_sdk.helpers.capabilities import PluginCapabilities, TargetCapabilities
 from singer_sdk.io_base import SingerReader
 
 from target_lago.actions import ACTIONS
 from target_lago.actions.events import SeenEvents
-from target_lago.client import LagoClient, LagoEndpointError, LagoError
+from target_lago.client import LagoClient, LagoEndpointError, LagoError, redact_url
 from target_lago.inflight import InFlight
-from target_lago.report import RunReport
+from target_lago.report import DeadLetterError, RunReport
 from target_lago.sinks import LagoSink, StreamSetupError
 
 if t.TYPE_CHECKING:
     from pathlib import PurePath
+    from types import FrameType
 
+    from singer_sdk.helpers.capabilities import CapabilitiesEnum
     from singer_sdk.sinks import Sink
 
 # Action -> sink (target_lago.actions). A stream named after an action takes it;
@@ -51,20 +58,36 @@ ENDPOINT_CHECKS: dict[str, tuple[str, str, bytes | None, int]] = {
 SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while others wait
 
 
-UNREADABLE = "TARGET_LAGO_UNREADABLE"
+SKIPPED = "TARGET_LAGO_SKIPPED"  # a line read and settled by the reader itself
 _STREAM_NAME = re.compile(r'"stream"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+class RunStoppedError(LagoError):
+    """The run was stopped by a signal."""
+
+
+class InputLineError(Exception):
+    """An input line that is no Singer message and names no stream (fatal)."""
 
 
 class LineReader(SingerReader):
     """Reads input lines with msgspec, as the SDK does (fractions as exact `Decimal`s).
 
-    Lines msgspec refuses (e.g. NaN, or invalid JSON) go to the SDK's own reader, which
-    accepts or reports them as before. A RECORD line nested too deeply for any JSON
-    reader is handed to `on_unreadable` (a dead letter) instead of stopping the run.
+    Lines msgspec refuses (e.g. NaN) go to the standard library's reader. Blank lines and
+    a byte-order mark are skipped. A RECORD line that no JSON reader can read (invalid
+    JSON, nesting too deep) is handed to `on_unreadable` (a dead letter of its stream)
+    instead of stopping the run; any other unreadable line stops it with one line. Bytes
+    that are not UTF-8 are read as lone surrogates, so their record is dead-lettered.
     """
 
     decoder = msgspec.json.Decoder(float_hook=decimal.Decimal)
     on_unreadable: t.Callable[[str, str, str], None] | None = None
+    line_number = 0
+
+    @property
+    def default_input(self) -> t.IO[str]:  # type: ignore[override]
+        """Standard input as UTF-8 text, undecodable bytes kept as lone surrogates."""
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
 
     def deserialize_json(self, line: str) -> dict:
         """Decode one line.
@@ -74,24 +97,75 @@ class LineReader(SingerReader):
 
         Returns:
             The message.
+
+        Raises:
+            InputLineError: For a line that is not JSON and names no stream.
         """
+        self.line_number += 1
+        if line[:1] == "\ufeff":
+            line = line[1:]
+        if not line.strip():
+            return {"type": SKIPPED}
         try:
             try:
                 return t.cast("dict", self.decoder.decode(line))
-            except msgspec.DecodeError:
-                return super().deserialize_json(line)
+            except (msgspec.DecodeError, UnicodeEncodeError):
+                return t.cast("dict", json.loads(line, parse_float=decimal.Decimal))
         except RecursionError:
-            found = _STREAM_NAME.search(line)
-            if found is None or '"RECORD"' not in line or self.on_unreadable is None:
-                raise
-            stream = json.loads(f'"{found.group(1)}"')
             reason = "the record nests objects or arrays too deeply to be read as JSON"
-            self.on_unreadable(stream, line.rstrip("\n"), reason)
-            return {"type": UNREADABLE}
+        except ValueError as exc:
+            reason = f"the line is not valid JSON ({exc})"
+        found = _STREAM_NAME.search(line)
+        if found is None or '"RECORD"' not in line or self.on_unreadable is None:
+            msg = (
+                f"input line {self.line_number} is not a Singer message: "
+                f"{reason.removeprefix('the line is ')}; the tap or the file is broken"
+            )
+            raise InputLineError(msg)
+        stream = json.loads(f'"{found.group(1)}"')
+        self.on_unreadable(stream, line.rstrip("\n"), reason)
+        return {"type": SKIPPED}
 
     def _process_unknown_message(self, message_dict: dict) -> None:
-        if message_dict.get("type") != UNREADABLE:
+        if message_dict.get("type") != SKIPPED:
             super()._process_unknown_message(message_dict)
+
+
+def _redacted(text: str, secrets: set[str]) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def api_url_problem(url: str) -> str | None:
+    """What is wrong with an `api_url` value, as one line with the fix (None: nothing)."""
+    examples = "US cloud https://api.getlago.com/api/v1, EU https://api.eu.getlago.com/api/v1"
+    try:
+        parts = urllib.parse.urlsplit(url) if "://" in url else None
+    except ValueError:
+        return f"api_url {redact_url(url)!r} is not a URL ({examples})"
+    if parts is None or parts.scheme not in {"http", "https"}:
+        host = url.rsplit("://", maxsplit=1)[-1].split("/", maxsplit=1)[0] or "api.getlago.com"
+        return (
+            f"api_url must start with https:// (or http:// for a local Lago), got "
+            f"{redact_url(url)!r}: e.g. https://{redact_url(host)}/api/v1 ({examples})"
+        )
+    try:
+        parts.port  # noqa: B018 - raises on a port out of range or not a number
+        hostname = parts.hostname
+    except ValueError:
+        hostname = None
+    if not hostname:
+        return f"api_url {redact_url(url)!r} has no valid host and port ({examples})"
+    if parts.path.rstrip("/") != "/api/v1" and not parts.path.rstrip("/").endswith("/api/v1"):
+        root = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}/api/v1"
+        return (
+            f"api_url must be the API root ending in /api/v1, got {redact_url(url)!r}: "
+            f"e.g. {root} ({examples})"
+        )
+    if parts.query or parts.fragment:
+        return f"api_url must not carry a query or a fragment: {redact_url(url)!r}"
+    return None
 
 
 class StreamRoutingError(Exception):
@@ -107,6 +181,13 @@ class TargetLago(Target):
 
     name = "target-lago"
     message_reader_class = LineReader
+    #: No schema flattening: Lago reads nested fields nested (properties.units).
+    capabilities: t.ClassVar[list[CapabilitiesEnum]] = [
+        PluginCapabilities.ABOUT,
+        PluginCapabilities.STREAM_MAPS,
+        PluginCapabilities.STRUCTURED_LOGGING,
+        TargetCapabilities.VALIDATE_RECORDS,
+    ]
 
     config_jsonschema = th.PropertiesList(
         th.Property(
@@ -225,13 +306,22 @@ class TargetLago(Target):
             setup_mapper: Set up stream maps.
             **kwargs: Passed to `singer_sdk.Target`.
         """
-        super().__init__(
-            config=config,
-            parse_env_config=parse_env_config,
-            validate_config=validate_config,
-            setup_mapper=setup_mapper,
-            **kwargs,
-        )
+        try:
+            super().__init__(
+                config=config,
+                parse_env_config=parse_env_config,
+                validate_config=validate_config,
+                setup_mapper=setup_mapper,
+                **kwargs,
+            )
+        except ConfigValidationError as exc:
+            # The SDK's messages quote wrong values: never the key's.
+            key = getattr(self, "_config", {}).get("api_key")
+            secrets = {text for text in (str(key), repr(key)) if key not in (None, "")}
+            errors = [_redacted(error, secrets) for error in exc.errors]
+            raise ConfigValidationError(
+                _redacted(str(exc), secrets), errors=errors, schema=exc.schema
+            ) from None
         self._check_config()
         self._checked: set[str] = set()
         self.seen_events = SeenEvents()
@@ -254,7 +344,10 @@ class TargetLago(Target):
     def _check_config(self) -> None:
         errors = []
         key = self.config.get("api_key")
-        if isinstance(key, str):
+        if not isinstance(key, str):
+            # Never echo the value: it is the secret, whatever its type.
+            errors.append("api_key must be text: the key from Lago (Developers > API keys)")
+        else:
             key = key.strip()
             self._config["api_key"] = key
             if not key:
@@ -266,16 +359,21 @@ class TargetLago(Target):
                 )
         url = str(self.config.get("api_url") or DEFAULT_API_URL).strip()
         self._config["api_url"] = url
-        if not url.startswith(("http://", "https://")):
+        problem = api_url_problem(url)
+        if problem is not None:
+            errors.append(problem)
+        dead_letters = self.config.get("dead_letter_path")
+        if not isinstance(dead_letters, str) or not dead_letters.strip():
             errors.append(
-                f"api_url must start with https:// (or http:// for a local Lago), got {url!r}: "
-                f"e.g. https://{url.split('://')[-1]}"
+                "dead_letter_path must name a file (rejected records are kept nowhere else "
+                "when allow_rejections is on), e.g. lago_dead_letters.jsonl"
             )
-        elif not url.rstrip("/").endswith("/api/v1"):
+        elif Path(dead_letters).is_dir():
+            errors.append(f"dead_letter_path {dead_letters!r} is a folder: name a file in it")
+        if self.config.get("flattening_enabled"):
             errors.append(
-                f"api_url must be the API root ending in /api/v1, got {url!r}: e.g. "
-                f"{url.rstrip('/')}/api/v1 (US cloud https://api.getlago.com/api/v1, EU "
-                "https://api.eu.getlago.com/api/v1)"
+                "flattening_enabled would rename nested fields (properties.units becomes "
+                "properties__units) and Lago reads them nested: turn it off"
             )
         size = self.config.get("batch_size", 100)
         if not isinstance(size, int) or not 1 <= size <= MAX_BATCH_SIZE:
@@ -330,7 +428,7 @@ class TargetLago(Target):
         columns: dict[str, list[str]] = self.config.get("transaction_id_columns") or {}
         if stream_name in columns:
             return list(columns[stream_name])
-        for pattern, names in sorted(columns.items(), key=lambda item: -len(item[0])):
+        for pattern, names in sorted(columns.items(), key=lambda item: (-len(item[0]), item[0])):
             if fnmatch.fnmatchcase(stream_name, pattern):
                 return list(names)
         return None
@@ -349,7 +447,7 @@ class TargetLago(Target):
             return actions[stream_name]
         if stream_name in SINKS:
             return stream_name
-        for pattern, action in sorted(actions.items(), key=lambda item: -len(item[0])):
+        for pattern, action in sorted(actions.items(), key=lambda item: (-len(item[0]), item[0])):
             if fnmatch.fnmatchcase(stream_name, pattern):
                 return action
         return None
@@ -469,6 +567,16 @@ class TargetLago(Target):
             return
         super()._write_state_message(state)
 
+    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
+        # The SDK's handler drains and writes STATE, which can wait minutes (a 429 pause)
+        # and exits 0. Stop instead: requests and waits give up, no further STATE.
+        self._stop_client()
+        msg = (
+            f"stopped by {signal.Signals(signum).name}: nothing after the last STATE "
+            "message is acknowledged; rerun the same input (deliveries are idempotent)"
+        )
+        raise RunStoppedError(msg)
+
     def process_endofpipe(self) -> None:
         """Drain everything, wait for Lago, log the summary, then judge rejections.
 
@@ -517,9 +625,17 @@ class TargetLago(Target):
         except ConfigValidationError as exc:
             cls.logger.error("Invalid settings: %s", "; ".join(exc.errors) or exc)
             sys.exit(1)
-        except (LagoError, StreamRoutingError, StreamSetupError, RecordsRejectedError) as exc:
+        except (
+            LagoError,
+            StreamRoutingError,
+            StreamSetupError,
+            RecordsRejectedError,
+            DeadLetterError,
+            InputLineError,
+        ) as exc:
             cls.logger.error("%s", exc)
             sys.exit(1)
+
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+from decimal import Context as DecimalContext
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -206,19 +207,26 @@ def ruby_to_i(value: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+_WIDE = DecimalContext(prec=80)
+
+
 def decimal_string(value: Any) -> str | None:
     """``precise_total_amount_cents`` as the server stores and renders it (Decimal(40,15))."""
     if value is None:
         return None
     if isinstance(value, bool):
         return "0.0"
+    text = str(value).strip()
+    # Ruby reads ASCII digits only (full-width digits are 0) and 0 for anything else.
     try:
-        d = Decimal(str(value).strip())
+        d = Decimal(text) if text.isascii() else Decimal(0)
     except InvalidOperation:
         d = Decimal(0)
     if not d.is_finite():
         d = Decimal(0)
-    d = d.quantize(Decimal("1e-15"))
+    if abs(d) >= Decimal(10) ** 25:
+        raise internal_error()  # numeric(40, 15) overflows in PostgreSQL
+    d = d.quantize(Decimal("1e-15"), context=_WIDE)
     text = format(d, "f")
     if "." in text:
         text = text.rstrip("0")

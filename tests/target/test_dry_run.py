@@ -47,8 +47,8 @@ def test_dry_run_sends_nothing_and_reports_payloads_and_rejections(
     shown = [m for m in caplog.messages if m.startswith("dry run: would POST /events/batch")]
     assert len(shown) == 5  # the first payloads of the stream
     first = json.loads(shown[0].split(" ", 5)[5])
-    assert first["events"]["code"] == metric_code
-    assert isinstance(first["events"]["timestamp"], int)
+    assert first["events"][0]["code"] == metric_code
+    assert isinstance(first["events"][0]["timestamp"], int)
     assert "dry run: would POST /customers" in logs
     assert "'timestamp' 'not a time' is not ISO-8601" in logs
     assert "summary stream=events action=events received=12 delivered=11" in logs

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
 import subprocess
 import time
@@ -385,3 +386,173 @@ def test_a_conflict_across_a_schema_change_or_another_stream_is_still_caught(
         ("more-usage", "conflicting_duplicate"),
     ]
     assert [e["properties"] for e in lago.dump()["events"]] == [{"units": 5}]
+
+
+# What a red team found ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"api_url": "http://127.0.0.1:99999/api/v1"}, "has no valid host and port"),
+        ({"api_url": "http://[::1/api/v1"}, "is not a URL"),
+        ({"api_url": "https://lago.example.com/api/v2"}, "e.g. https://lago.example.com/api/v1"),
+        ({"api_url": "http://user:PASSW0RD@127.0.0.1:9/api/v2"}, "http://user:***@127.0.0.1"),
+        ({"api_key": ["SECRETZZZ"]}, "*** is not of type 'string'"),
+        ({"api_key": 12345678}, "*** is not of type 'string'"),
+        ({"dead_letter_path": ""}, "dead_letter_path must name a file"),
+        ({"dead_letter_path": "."}, "is a folder"),
+        (
+            {"flattening_enabled": True, "flattening_max_depth": 3},
+            "flattening_enabled would rename nested fields",
+        ),
+    ],
+)
+def test_a_bad_setting_is_one_line_that_quotes_no_secret(
+    config: dict, tmp_path: Path, change: dict, expected: str
+) -> None:
+    done = run_cli(tmp_path, {**config, **change}, [])
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, done.stderr
+    assert expected in errors[0]
+    for secret in ("SECRETZZZ", "12345678", "PASSW0RD"):
+        assert secret not in done.stderr
+
+
+def test_a_password_in_api_url_is_not_printed_when_lago_cannot_be_reached(
+    config: dict, tmp_path: Path, metric_code: str
+) -> None:
+    url = f"http://user:PASSW0RD@127.0.0.1:{closed_port()}/api/v1"
+    done = run_cli(tmp_path, {**config, "api_url": url}, events_messages([]))
+    assert done.returncode == 1
+    assert "the connection was refused" in done.stderr
+    assert "PASSW0RD" not in done.stderr
+
+
+def test_a_wrong_column_in_transaction_id_columns_stops_at_the_schema(
+    lago: Sandbox, config: dict, metric_code: str, tmp_path: Path
+) -> None:
+    cfg = {**config, "transaction_id_columns": {"events": ["nope"]}, "allow_rejections": True}
+    done = run_cli(tmp_path, cfg, events_messages(usage_rows(5, ["sub_a"], metric_code)))
+    assert done.returncode == 1
+    assert "transaction_id_columns names nope for stream 'events'" in done.stderr
+    assert not Path(config["dead_letter_path"]).exists()
+    assert lago.dump()["events"] == []
+
+
+def test_globs_of_equal_length_are_decided_by_name_not_by_order(config: dict) -> None:
+    routes = []
+    orders = ({"pub*": "customers", "*age": "events"}, {"*age": "events", "pub*": "customers"})
+    for actions in orders:
+        target = TargetLago(config={**config, "stream_actions": actions})
+        routes.append(target.action_for("public-usage"))
+    assert routes == ["events", "events"]  # "*age" sorts before "pub*"
+
+
+def test_an_unwritable_dead_letter_file_stops_the_run_in_one_line(
+    lago: Sandbox, config: dict, metric_code: str, tmp_path: Path
+) -> None:
+    rows = usage_rows(20, ["sub_a"], metric_code)
+    rows[3]["timestamp"] = "never"
+    cfg = {**config, "dead_letter_path": "/dev/full", "allow_rejections": True}
+    done = run_cli(tmp_path, cfg, with_states(rows, 10))
+    assert done.returncode == 1
+    assert "cannot write the dead-letter file /dev/full" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""  # the record is nowhere: no STATE may pass it
+
+
+def test_odd_input_lines_are_skipped_dead_lettered_or_one_fatal_line(
+    lago: Sandbox, config: dict, metric_code: str, tmp_path: Path
+) -> None:
+    rows = usage_rows(4, ["sub_a"], metric_code)
+    lines = [json.dumps(m) for m in events_messages(rows)]
+    broken = lines[2][:-5]  # a record cut short
+    latin1 = lines[3].replace('"sub_a"', '"sub_\xe9"').encode("latin-1")
+    data = b"\xef\xbb\xbf" + "\n".join([lines[0], "", lines[1], broken]).encode() + b"\n"
+    data += latin1 + b"\n" + lines[4].encode() + b"\n"
+    done = subprocess.run(
+        cli_command(write_config(tmp_path, {**config, "allow_rejections": True})),
+        input=data,
+        capture_output=True,
+        env=cli_env(),
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(lago.dump()["events"]) == 2
+    letters = dead_letters(config["dead_letter_path"])
+    assert [d["details"] for d in letters] == [
+        {"record": ["unreadable"]},
+        {"external_subscription_id": ["value_is_invalid"]},
+    ]
+    fatal = subprocess.run(
+        cli_command(write_config(tmp_path, config)),
+        input=lines[0] + "\n{not json\n",
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=60,
+        check=False,
+    )
+    assert fatal.returncode == 1
+    assert "input line 2 is not a Singer message" in fatal.stderr
+    assert "Traceback" not in fatal.stderr
+
+
+def test_sigterm_during_a_long_rate_limit_wait_stops_at_once(
+    lago: Sandbox, config: dict, metric_code: str, tmp_path: Path
+) -> None:
+    lago.set_faults([{"path": BATCH, "fault": "rate_limit", "reset_seconds": 3600, "after": 1}])
+    proc = subprocess.Popen(
+        cli_command(write_config(tmp_path, config)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    assert proc.stdin is not None
+    proc.stdin.write("".join(json.dumps(m) + "\n" for m in with_states(
+        usage_rows(5, ["sub_a"], metric_code), 5)))
+    proc.stdin.close()
+    deadline = time.monotonic() + 30
+    while not any(r["status"] == 429 for r in lago.requests()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 1  # not the 300 s the 429 asked for
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = proc.stdout.read(), proc.stderr.read()
+    assert "stopped by SIGTERM" in err
+    assert out == ""
+
+
+def test_amounts_in_other_spellings_are_one_event_and_lossy_ones_are_refused(
+    lago: Sandbox, config: dict, metric_code: str
+) -> None:
+    props = {**EVENT_PROPS, "transaction_id": {"type": "string"},
+             "precise_total_amount_cents": {}, "properties": {}}
+    base = {"transaction_id": "amt-1", "code": metric_code, "external_subscription_id": "sub_a",
+            "timestamp": 1_735_689_600, "properties": {"units": 1}}
+    rows = [
+        {**base, "id": 1, "precise_total_amount_cents": "12.50"},
+        {**base, "id": 2, "precise_total_amount_cents": 12.5},
+        {**base, "id": 3, "precise_total_amount_cents": "1.25e1"},
+        {**base, "id": 4, "transaction_id": "amt-2", "precise_total_amount_cents": "1e-30"},
+        {**base, "id": 5, "transaction_id": "amt-3", "precise_total_amount_cents": "\uff11\uff12"},
+        {**base, "id": 6, "transaction_id": "amt-4", "code": "api\x00calls"},
+    ]  # fmt: skip
+    run = run_target(
+        config, [schema("events", props, ["id"]), *(record("events", r) for r in rows)]
+    )
+    assert isinstance(run.error, RecordsRejectedError)
+    letters = dead_letters(config["dead_letter_path"])
+    assert [(d["record"]["id"], list(d["details"])) for d in letters] == [
+        (4, ["precise_total_amount_cents"]),
+        (5, ["precise_total_amount_cents"]),
+        (6, ["code"]),
+    ]
+    assert "more than 15 decimal places" in letters[0]["message"]
+    [event] = lago.dump()["events"]
+    assert event["precise_total_amount_cents"] == "12.5"

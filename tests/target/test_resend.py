@@ -70,7 +70,7 @@ def test_edited_dead_letters_are_re_sent_and_land_exactly_once(
             handle.write(json.dumps(letter) + "\n")
     made = resend(str(fixed))
     assert made.returncode == 0, made.stderr
-    assert "5 record(s) to re-send" in made.stderr
+    assert "5 record(s) to re-send, 0 line(s) left out" in made.stderr
     singer = tmp_path / "resend.singer"
     singer.write_text(made.stdout)
     again = tmp_path / "again"
@@ -106,6 +106,9 @@ def test_edited_dead_letters_are_re_sent_and_land_exactly_once(
 
 def test_the_resend_tool_reports_lines_it_cannot_use(tmp_path: Path) -> None:
     path = tmp_path / "dl.jsonl"
+    conflict = {"stream": "usage", "action": "events", "error_code": "conflicting_duplicate",
+                "transaction_id": "t-1", "record": {"id": 2, "transaction_id": "t-1"}}
+    renamed = {**conflict, "record": {"id": 3, "transaction_id": "t-1-second"}}
     path.write_text(
         "\n".join(
             [
@@ -113,15 +116,26 @@ def test_the_resend_tool_reports_lines_it_cannot_use(tmp_path: Path) -> None:
                 "not json",
                 json.dumps({"stream": "usage", "action": "events", "record": {"id": 1},
                             "key_properties": ["id"], "transaction_id": "tl-1"}),
+                json.dumps(conflict),
+                json.dumps(renamed),
+                json.dumps({"stream": "usage"}),
             ]
         )
         + "\n"
-    )
+    )  # fmt: skip
     made = resend(str(path), "--stream", "usage")
-    assert made.returncode == 0
-    assert "dl.jsonl:1: stream 'events': the record could not be read" in made.stderr
-    assert "dl.jsonl:2: not JSON" in made.stderr
+    assert made.returncode == 1  # some lines were left out: the file is their only copy
+    assert "dl.jsonl:1: left out: stream 'events': the record could not be read" in made.stderr
+    assert "dl.jsonl:2: left out: not JSON" in made.stderr
+    assert "dl.jsonl:4: left out: stream 'usage': a conflicting duplicate" in made.stderr
+    assert "dl.jsonl:6: left out: stream 'usage': the line has no record" in made.stderr
+    assert "2 record(s) to re-send, 4 line(s) left out" in made.stderr
     lines = [json.loads(line) for line in made.stdout.splitlines()]
     assert lines[0]["type"] == "SCHEMA"
     assert lines[0]["key_properties"] == ["id"]
     assert lines[1]["record"] == {"id": 1, "transaction_id": "tl-1"}
+    assert lines[2]["record"] == {"id": 3, "transaction_id": "t-1-second"}
+    missing_file = resend(str(tmp_path / "nope.jsonl"))
+    assert missing_file.returncode == 2
+    assert "cannot read" in missing_file.stderr
+    assert "Traceback" not in missing_file.stderr

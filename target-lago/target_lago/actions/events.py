@@ -17,6 +17,7 @@ from target_lago.mapping import (
     SCALARS,
     RecordRejected,
     decimal_text,
+    iso_moment,
     json_default,
     json_object,
     missing,
@@ -55,8 +56,10 @@ def transaction_id(code: str, record: Mapping[str, Any], columns: Sequence[str])
     The id is a hash of the event's `code` and the named columns (the stream's key
     properties, or the `transaction_id_columns` setting), names and values. Nothing else
     enters it: adding a column or renaming the stream changes no id, and the same row gives
-    the same id in every run and process. The code keeps two tables with overlapping row
-    ids for different metrics apart.
+    the same id in every run and process. Values are hashed in one spelling each
+    (`key_text`): 1, 1.0 and "1" are one id, and so are the same moment written with `Z`
+    or `+00:00`. The code keeps two tables with overlapping row ids for different metrics
+    apart.
 
     Args:
         code: The event's billable metric code.
@@ -69,39 +72,44 @@ def transaction_id(code: str, record: Mapping[str, Any], columns: Sequence[str])
     Raises:
         RecordRejected: When a named column is missing or null.
     """
-    absent = [column for column in columns if missing(record.get(column))]
-    if absent or not columns:
+    if not columns:
         raise RecordRejected(
-            {column: ["value_is_mandatory"] for column in absent or ["transaction_id"]},
+            {"transaction_id": ["value_is_mandatory"]},
+            "no transaction_id, and no columns to derive it from (the stream's key "
+            "properties or the transaction_id_columns setting)",
+        )
+    absent = [column for column in columns if missing(record.get(column))]
+    if absent:
+        raise RecordRejected(
+            {column: ["value_is_mandatory"] for column in absent},
             f"no transaction_id, and the columns that derive it ({', '.join(columns)}) "
             f"are missing or empty: {', '.join(absent)}",
         )
-    text = _keys_text(code, record, columns)
-    if text is None:
-        basis = {"code": code, "keys": {column: record[column] for column in columns}}
-        text = json.dumps(plain(basis), sort_keys=True, separators=(",", ":"))
+    keys = ",".join(
+        f"{_quote(column)}:{_quote(key_text(record[column]))}" for column in sorted(set(columns))
+    )
+    text = f'{{"code":{_quote(code)},"keys":{{{keys}}}}}'
     return "tl-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:40]
 
 
-def _keys_text(code: str, record: Mapping[str, Any], columns: Sequence[str]) -> str | None:
-    """The JSON text `transaction_id` hashes, written directly (None: use json.dumps).
-
-    Equal to `json.dumps(basis, sort_keys=True, separators=(",", ":"))` when every key
-    value is a string or an integer.
-    """
-    if len(set(columns)) != len(columns):
-        return None  # a column named twice: json.dumps keeps it once
-    parts = []
-    for column in sorted(columns):
-        value = record[column]
-        kind = type(value)
-        if kind is str:
-            parts.append(f"{_quote(column)}:{_quote(value)}")
-        elif kind is int:
-            parts.append(f"{_quote(column)}:{value}")
-        else:
-            return None
-    return f'{{"code":{_quote(code)},"keys":{{{",".join(parts)}}}}}'
+def key_text(value: Any) -> str:
+    """One spelling of a key value, so that a change of type or format keeps the id."""
+    kind = type(value)
+    if kind is str:
+        moment = iso_moment(value)
+        return value if moment is None else moment
+    if kind is int:
+        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, decimal.Decimal)):
+        number = decimal.Decimal(repr(value) if isinstance(value, float) else value)
+        if number.is_finite() and number == number.to_integral_value():
+            return str(int(number))
+        return format(number.normalize(), "f") if number.is_finite() else str(number)
+    if isinstance(value, (dt.datetime, dt.date)):
+        return iso_moment(value.isoformat()) or value.isoformat()
+    return json.dumps(plain(value), sort_keys=True, separators=(",", ":"))
 
 
 def event_payload(record: Mapping[str, Any], id_columns: Sequence[str]) -> dict:
@@ -128,8 +136,11 @@ def event_payload(record: Mapping[str, Any], id_columns: Sequence[str]) -> dict:
             if field != "transaction_id":
                 details[field] = ["value_is_mandatory"]
                 reasons.append(f"'{field}' is missing or empty")
-        elif type(value) is str or (type(value) is int):
+        elif (type(value) is str and "\x00" not in value) or type(value) is int:
             payload[field] = str(value)
+        elif type(value) is str:
+            details[field] = ["value_is_invalid"]
+            reasons.append(f"'{field}' holds a NUL character, which Lago cannot store")
         else:
             details[field] = ["invalid_type"]
             reasons.append(f"'{field}' must be a string, got {type(value).__name__}")
@@ -162,7 +173,7 @@ def event_payload(record: Mapping[str, Any], id_columns: Sequence[str]) -> dict:
         properties = json_object(properties)
     if isinstance(properties, Mapping):
         problem = unsendable(properties, "properties")
-        if problem is None:
+        if problem is None and properties:  # {} and no properties are one event
             payload["properties"] = plain(dict(properties))
     elif properties is not None:
         problem = None
@@ -270,6 +281,7 @@ class EventsSink(LagoSink):
     action = "events"
     endpoint = "/events/batch"
     root_key = "events"
+    batched = True
     rank = 50
     self_parsed = ("timestamp", "properties")
 
@@ -289,6 +301,15 @@ class EventsSink(LagoSink):
         super().__init__(target, stream_name, schema, key_properties)
         named = target.transaction_id_columns(stream_name)
         self.id_columns: list[str] = list(named if named is not None else key_properties or [])
+        declared = schema.get("properties") or {}
+        unknown = [column for column in named or [] if declared and column not in declared]
+        if unknown:
+            msg = (
+                f"transaction_id_columns names {', '.join(unknown)} for stream "
+                f"'{stream_name}', which has no such column (it has: "
+                f"{', '.join(sorted(declared))}): fix the column names."
+            )
+            raise StreamSetupError(msg)
         if not self.id_columns and "transaction_id" not in (schema.get("properties") or {}):
             msg = (
                 f"Stream '{stream_name}' has no transaction_id column and no key properties, "
