@@ -46,6 +46,14 @@ ENDPOINT_CHECKS: dict[str, tuple[str, str, bytes | None, int]] = {
     "events": ("POST", "/events/batch", b'{"events":[]}', 422),
     "customers": ("GET", "/customers?per_page=1", None, 200),
     "subscriptions": ("GET", "/subscriptions?per_page=1", None, 200),
+    # No customer: 422 customer_not_found / wallet_not_found, nothing created.
+    "wallets": ("POST", "/wallets", b'{"wallet":{"external_customer_id":""}}', 422),
+    "wallet_transactions": (
+        "POST",
+        "/wallet_transactions",
+        b'{"wallet_transaction":{"wallet_id":""}}',
+        422,
+    ),
 }
 SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while others wait
 
@@ -204,8 +212,8 @@ class TargetLago(Target):
             th.ObjectType(additional_properties=th.StringType(allowed_values=list(SINKS))),
             default={},
             description=(
-                "Stream name or glob -> Lago action (events, customers, subscriptions). "
-                "Streams named events, customers and subscriptions need no entry."
+                f"Stream name or glob -> Lago action ({', '.join(SINKS)}). "
+                "Streams named after an action need no entry."
             ),
         ),
         th.Property(
@@ -214,8 +222,9 @@ class TargetLago(Target):
             default={},
             description=(
                 "Stream name or glob -> the columns that identify a row, for events streams "
-                "whose records have no transaction_id: the id is derived from the event's "
-                "code and these columns only. Default: the stream's key properties."
+                "whose records have no transaction_id (the id is derived from the event's "
+                "code and these columns only) and wallet_transactions streams. Default: the "
+                "stream's key properties."
             ),
         ),
         th.Property(
@@ -458,8 +467,8 @@ class TargetLago(Target):
         action = self.action_for(stream_name)
         if action is None:
             msg = (
-                f"Stream '{stream_name}' has no Lago action: streams named events, "
-                "customers or subscriptions take that action; map any other stream "
+                f"Stream '{stream_name}' has no Lago action: a stream named after an "
+                "action takes that action; map any other stream "
                 "(exact name or glob) in the stream_actions setting to one of: "
                 f"{', '.join(SINKS)}."
             )

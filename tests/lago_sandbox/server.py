@@ -442,6 +442,39 @@ def post_subscription(ctx: RequestContext) -> bytes:
         return _with_plan(ctx.store, sub)
 
 
+@_route("POST", "/wallets")
+def post_wallet(ctx: RequestContext) -> bytes:
+    """``POST /wallets`` (code unique among the customer's active wallets)."""
+    from tests.lago_sandbox import wallets
+
+    payload = ctx.root("wallet")
+    with ctx.store.lock:
+        wallet = wallets.create_wallet(ctx.store, payload, ctx.state.complete)
+        return _dumps({"wallet": wallet})
+
+
+@_route("PUT", "/wallets/{lago_id}")
+def put_wallet(ctx: RequestContext) -> bytes:
+    """``PUT /wallets/{lago_id}`` (404 wallet_not_found)."""
+    from tests.lago_sandbox import wallets
+
+    payload = ctx.root("wallet")
+    with ctx.store.lock:
+        wallet = wallets.update_wallet(ctx.store, ctx.path_params["lago_id"], payload)
+        return _single(ctx, "wallets", wallet, "wallet")
+
+
+@_route("POST", "/wallet_transactions")
+def post_wallet_transactions(ctx: RequestContext) -> bytes:
+    """``POST /wallet_transactions`` (no idempotency: every call adds transactions)."""
+    from tests.lago_sandbox import wallets
+
+    payload = ctx.root("wallet_transaction")
+    with ctx.store.lock:
+        created = wallets.create_wallet_transactions(ctx.store, payload, ctx.state.complete)
+        return _dumps({"wallet_transactions": created})
+
+
 @_route("DELETE", "/subscriptions/{external_id}")
 def delete_subscription(ctx: RequestContext) -> bytes:
     """``DELETE /subscriptions/{external_id}`` (terminate; ``status=pending`` cancels)."""
@@ -487,6 +520,9 @@ _HANDLERS: dict[str, Handler] = {
             post_customer,
             post_subscription,
             delete_subscription,
+            post_wallet,
+            put_wallet,
+            post_wallet_transactions,
         )
     },
 }
@@ -552,7 +588,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
         self._dispatch("DELETE")
 
     def do_PUT(self) -> None:
-        """PUT (no such API route: 404 resource_not_found)."""
+        """PUT."""
         self._dispatch("PUT")
 
     def do_PATCH(self) -> None:

@@ -1394,6 +1394,13 @@ def _all(preds: list[Predicate]) -> Predicate | None:
     return lambda o: all(p(o) for p in preds)
 
 
+def _has_pair(obj: JsonObj, key: str, value: str) -> bool:
+    return any(
+        isinstance(m, dict) and str(m.get("key")) == key and str(m.get("value")) == value
+        for m in obj.get("metadata") or []
+    )
+
+
 def _eq(field: str, value: Any) -> Predicate:
     return lambda o: o.get(field) == value
 
@@ -1553,6 +1560,16 @@ def list_query(
     elif resource == "wallets":
         if customer_ext is None and ext is not None and store.customer(ext) is None:
             raise not_found("customer")
+    elif resource == "wallet_transactions":
+        # metadata[<key>]=<value> (v1.51.0): an exact {key, value} pair; keys ANDed.
+        pairs = sorted(
+            (name[9:-1], values[0])
+            for name, values in params.items()
+            if name.startswith("metadata[") and name.endswith("]") and values and values[0]
+        )
+        if pairs:
+            key.append(("metadata", tuple(pairs)))
+            preds.append(lambda o: all(_has_pair(o, k, v) for k, v in pairs))
     elif resource == "applied_coupons":
         codes = [c for c in params.get("coupon_code[]", []) if c]
         if codes:

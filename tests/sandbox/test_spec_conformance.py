@@ -397,6 +397,62 @@ def test_subscription_writes(proxy: Proxy, org: dict[str, list[dict]]) -> None:
     proxy.assert_clean()
 
 
+def test_wallet_writes(proxy: Proxy, org: dict[str, list[dict]]) -> None:
+    """Wallet and wallet-transaction writes: target-lago's own bodies, then the sandbox's
+    answers, each checked against the spec (requests here, responses by Prism)."""
+    from target_lago.actions.wallet_transactions import transaction_payload
+    from target_lago.actions.wallets import wallet_payload
+
+    customer = next(c for c in org["customers"] if c.get("currency"))
+    ext = customer["external_id"]
+    record = {"external_customer_id": ext, "code": "conformance", "name": "Conformance",
+              "rate_amount": 1.5, "currency": customer["currency"], "priority": 7,
+              "expiration_at": "2099-01-01", "metadata": {"team": "ops"}}  # fmt: skip
+    body, _ = wallet_payload(record)
+    request_body(proxy, "POST", "/wallets", {"wallet": body})
+    created = proxy.call("POST", "/wallets", body={"wallet": body})
+    assert created is not None, proxy.problems
+    wallet_id = created["wallet"]["lago_id"]
+    path = f"/wallets/{wallet_id}"
+    update = {"wallet": {"name": "Renamed", "priority": 3, "metadata": {"team": "billing"}}}
+    request_body(proxy, "PUT", "/wallets/{lago_id}", update)
+    proxy.call("PUT", "/wallets/{lago_id}", path, body=update)
+    proxy.call("POST", "/wallets", status=422, body={"wallet": body})  # value_already_exist
+    proxy.call("PUT", "/wallets/{lago_id}", f"/wallets/{customer['lago_id']}", status=404,
+               body=update)  # fmt: skip
+    proxy.call("POST", "/wallets", status=400, body={})
+
+    row = {"id": 1, "wallet_id": wallet_id, "paid_credits": 10, "granted_credits": "2.5",
+           "name": "Top-up", "metadata": [{"key": "source", "value": "crm"}]}  # fmt: skip
+    tx = {"wallet_transaction": transaction_payload(row, ["id"])}
+    request_body(proxy, "POST", "/wallet_transactions", tx)
+    made = proxy.call("POST", "/wallet_transactions", body=tx)
+    assert made is not None and len(made["wallet_transactions"]) == 2, proxy.problems
+    void = {"wallet_transaction": {"wallet_id": wallet_id, "voided_credits": "1"}}
+    proxy.call("POST", "/wallet_transactions", body=void)
+    proxy.call("POST", "/wallet_transactions", body={"wallet_transaction": {
+        "wallet_id": wallet_id, "granted_credits": "0"}})  # fmt: skip
+    proxy.call("POST", "/wallet_transactions", status=422, body={"wallet_transaction": {
+        "wallet_id": wallet_id, "voided_credits": "1000000"}})  # fmt: skip
+    tid = tx["wallet_transaction"]["metadata"][-1]["value"]
+    listed = proxy.call(
+        "GET", "/wallets/{lago_id}/wallet_transactions", f"{path}/wallet_transactions",
+        params={"metadata[target_lago_id]": tid},
+    )  # fmt: skip
+    assert listed is not None and len(listed["wallet_transactions"]) == 2, proxy.problems
+    proxy.assert_clean()
+
+
+def request_body(proxy: Proxy, method: str, template: str, body: Any) -> None:
+    """Check a request body against the operation's declared request schema."""
+    operation = openapi_spec._operation(method, template)
+    schema = openapi_spec._resolve_local(operation["requestBody"])["content"]["application/json"]
+    try:
+        openapi_spec.validate_schema(schema["schema"], body, f"{method} {template} request")
+    except AssertionError as exc:
+        proxy.problems.append(str(exc))
+
+
 def test_deletions(proxy: Proxy) -> None:
     """DELETE of a customer, a plan, a coupon and an add-on (run last: it removes them)."""
     org = proxy.sandbox.dump()
@@ -413,3 +469,4 @@ def test_deletions(proxy: Proxy) -> None:
     proxy.call("GET", "/subscriptions", params={"status[]": ALL_STATUSES})
     proxy.call("GET", "/applied_coupons")
     proxy.assert_clean()
+

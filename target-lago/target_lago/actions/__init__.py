@@ -12,8 +12,11 @@ from __future__ import annotations
 from target_lago.actions.customers import CustomersSink
 from target_lago.actions.events import EventsSink
 from target_lago.actions.subscriptions import SubscriptionsSink
+from target_lago.actions.wallet_transactions import WalletTransactionsSink
+from target_lago.actions.wallets import WalletsSink
 from target_lago.sinks import LagoSink
 
 ACTIONS: dict[str, type[LagoSink]] = {
-    sink.action: sink for sink in (CustomersSink, SubscriptionsSink, EventsSink)
+    sink.action: sink
+    for sink in (CustomersSink, SubscriptionsSink, EventsSink, WalletsSink, WalletTransactionsSink)
 }
