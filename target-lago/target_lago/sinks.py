@@ -164,13 +164,14 @@ class LagoSink(BatchSink):
             self.stats.add("delivered")
             if self._shown < DRY_RUN_SHOWN:
                 self._shown += 1
-                self.logger.info(
-                    "dry run: would POST %s %s",
-                    self.endpoint,
-                    json.dumps({self.root_key: payload}, default=json_default),
-                )
+                self.logger.info("dry run: would %s", self.describe(item))
             return
         context.setdefault("records", []).append(item)
+
+    def describe(self, item: Item) -> str:
+        """The request a record would make, for the dry run's log."""
+        body = json.dumps({self.root_key: item.payload}, default=json_default)
+        return f"POST {self.endpoint} {body}"
 
     def admit(self, item: Item) -> bool:
         """Whether a mapped record goes on to Lago (False: it was settled here)."""

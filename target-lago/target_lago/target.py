@@ -424,6 +424,22 @@ class TargetLago(Target):
             if sink.rank < rank and sink.current_size and not sink.draining:
                 self.drain_one(sink)
 
+    def flush_after(self, rank: int) -> None:
+        """Deliver every record of a higher rank received so far, and wait for Lago.
+
+        A write that must follow them (a subscription's termination follows its events)
+        calls this before its record is queued.
+
+        Args:
+            rank: Rank of the sink whose next record must come after them.
+        """
+        sinks = [t.cast("LagoSink", s) for s in self._sinks_to_clear]
+        sinks += [t.cast("LagoSink", s) for s in self._sinks_active.values()]
+        for sink in sorted(sinks, key=lambda s: s.rank):
+            if sink.rank > rank and sink.current_size and not sink.draining:
+                self.drain_one(sink)
+        self.inflight.wait_all()
+
     def existed_before(self, created_at: t.Any, server_time: float | None) -> bool:
         """Whether an object Lago returned was created before this run wrote it.
 
