@@ -39,6 +39,7 @@ ENDPOINT_CHECKS: dict[str, tuple[str, str, bytes | None, int]] = {
     "events": ("POST", "/events/batch", b'{"events":[]}', 422),
     "customers": ("GET", "/customers?per_page=1", None, 200),
     "subscriptions": ("GET", "/subscriptions?per_page=1", None, 200),
+    "applied_coupons": ("GET", "/applied_coupons?per_page=1", None, 200),
 }
 SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while others wait
 
@@ -123,8 +124,8 @@ class TargetLago(Target):
             th.ObjectType(additional_properties=th.StringType(allowed_values=list(SINKS))),
             default={},
             description=(
-                "Stream name or glob -> Lago action (events, customers, subscriptions). "
-                "Streams named events, customers and subscriptions need no entry."
+                f"Stream name or glob -> Lago action ({', '.join(SINKS)}). "
+                "A stream named after an action needs no entry."
             ),
         ),
         th.Property(
@@ -360,8 +361,8 @@ class TargetLago(Target):
         action = self.action_for(stream_name)
         if action is None:
             msg = (
-                f"Stream '{stream_name}' has no Lago action: streams named events, "
-                "customers or subscriptions take that action; map any other stream "
+                f"Stream '{stream_name}' has no Lago action: a stream named after an "
+                "action takes that action; map any other stream "
                 "(exact name or glob) in the stream_actions setting to one of: "
                 f"{', '.join(SINKS)}."
             )
