@@ -40,6 +40,7 @@ ENDPOINT_CHECKS: dict[str, tuple[str, str, bytes | None, int]] = {
     "customers": ("GET", "/customers?per_page=1", None, 200),
     "subscriptions": ("GET", "/subscriptions?per_page=1", None, 200),
     "applied_coupons": ("GET", "/applied_coupons?per_page=1", None, 200),
+    "one_off_invoices": ("GET", "/invoices?per_page=1", None, 200),
 }
 SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while others wait
 
@@ -145,6 +146,17 @@ class TargetLago(Target):
             description=(
                 "Read back every event Lago reports as already stored (one GET each) and "
                 "dead-letter it as conflicting_duplicate when its content differs."
+            ),
+        ),
+        th.Property(
+            "allow_non_idempotent_one_off_invoices",
+            th.BooleanType,
+            default=False,
+            description=(
+                "Accept one_off_invoices streams, which Lago cannot make idempotent: a POST "
+                "/invoices whose response is lost may bill twice. Off: such a stream stops "
+                "the run at its SCHEMA. On: each invoice is tagged with its record's key and "
+                "looked up before it is created (see the README)."
             ),
         ),
         th.Property(

@@ -12,9 +12,17 @@ from __future__ import annotations
 from target_lago.actions.applied_coupons import AppliedCouponsSink
 from target_lago.actions.customers import CustomersSink
 from target_lago.actions.events import EventsSink
+from target_lago.actions.one_off_invoices import OneOffInvoicesSink
 from target_lago.actions.subscriptions import SubscriptionsSink
 from target_lago.sinks import LagoSink
 
 ACTIONS: dict[str, type[LagoSink]] = {
-    sink.action: sink for sink in (CustomersSink, SubscriptionsSink, AppliedCouponsSink, EventsSink)
+    sink.action: sink
+    for sink in (
+        CustomersSink,
+        SubscriptionsSink,
+        AppliedCouponsSink,
+        OneOffInvoicesSink,
+        EventsSink,
+    )
 }
