@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from tests.lago_sandbox import Sandbox
 from tests.target.helpers import (
     EVENT_PROPS,
@@ -235,3 +237,39 @@ def test_a_dry_run_sends_nothing(lago: Sandbox, config: dict, plan: dict, tmp_pa
     assert proc.returncode == 0, proc.stderr
     assert "would DELETE /subscriptions/s_d" in proc.stderr
     assert lago.requests() == []
+
+
+def test_an_ended_subscription_is_not_started_again(
+    lago: Sandbox, config: dict, plan: dict, tmp_path: Path
+) -> None:
+    # Creations and ends in different batches, replayed; and one ended in Lago directly.
+    base = {"external_customer_id": "acme", "plan_code": plan["code"]}
+    rows = [{**base, "external_id": f"s_{i}"} for i in range(4)]
+    messages = subscriptions(*rows, {**rows[0], "status": "terminated"})
+    small = {**config, "batch_size": 2}
+    proc = run_cli(tmp_path, small, messages)
+    assert proc.returncode == 0, proc.stderr
+    ended = requests.delete(
+        f"{lago.url}/subscriptions/s_1", headers={"Authorization": f"Bearer {lago.api_key}"}
+    )
+    assert ended.status_code == 200
+    before = lago.dump()
+    proc = run_cli(tmp_path, small, messages)
+    assert proc.returncode == 0, proc.stderr
+    assert summary(proc)["already_present"] == 5
+    assert lago.dump() == before
+    # A row with a new subscription_at starts it again.
+    proc = run_cli(tmp_path, config, subscriptions({**rows[1], "subscription_at": days(-3)}))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(s["status"] for s in rows_of(lago, "s_1")) == ["active", "terminated"]
+
+
+def test_a_history_row_of_a_subscription_lago_never_had_is_skipped(
+    lago: Sandbox, config: dict, plan: dict, tmp_path: Path
+) -> None:
+    row = {"external_id": "s_h", "external_customer_id": "acme", "plan_code": plan["code"],
+           "status": "terminated", "terminated_at": days(-10)}  # fmt: skip
+    proc = run_cli(tmp_path, config, subscriptions(row))
+    assert proc.returncode == 0, proc.stderr
+    assert summary(proc)["skipped"] == 1
+    assert rows_of(lago, "s_h") == []

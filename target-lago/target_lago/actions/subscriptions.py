@@ -228,13 +228,13 @@ class SubscriptionsSink(OneByOneSink):
         return ordered
 
     def _deliver_group(self, group: list[Item]) -> None:
-        for index, item in enumerate(group):
+        for item in group:
             want = _ending(item)
             if want is not None:
                 self._end(item, want)
-            elif any(_ending(later) for later in group[index + 1 :]) and self._ended(item):
-                # A replay of a row whose subscription this input then ends: posting it
-                # again would start a new subscription.
+            elif self._ended(item) and not any(self._find(item, s) for s in ENDED):
+                # Lago holds this row's subscription ended and nothing live: posting the
+                # row again (a replay of "created, then terminated") would start a new one.
                 self.stats.add("already_present")
             else:
                 self._write(item)
@@ -365,7 +365,7 @@ class SubscriptionsSink(OneByOneSink):
             if ended is not None and self.describes(item, ended):
                 self.stats.add("already_present")
                 return
-            if ended is None:
+            if ended is None and "ended_at" not in item.payload:
                 self.reject(
                     item.record,
                     404,
@@ -378,8 +378,9 @@ class SubscriptionsSink(OneByOneSink):
                 return
         self.stats.add("skipped")
         self.logger.info(
-            "Skipped a record of stream '%s': %s is history (Lago's subscription with this "
-            "external_id is another one: other plan or customer, or created after this end)",
+            "Skipped a record of stream '%s': %s is history (Lago has no subscription with "
+            "this external_id, or another one: other plan or customer, or created after "
+            "this end)",
             self.stream_name,
             item.key,
         )
