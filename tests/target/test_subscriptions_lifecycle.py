@@ -273,3 +273,20 @@ def test_a_history_row_of_a_subscription_lago_never_had_is_skipped(
     assert proc.returncode == 0, proc.stderr
     assert summary(proc)["skipped"] == 1
     assert rows_of(lago, "s_h") == []
+
+
+def test_an_ending_row_leaves_a_re_created_subscription_alone(
+    lago: Sandbox, config: dict, plan: dict, tmp_path: Path
+) -> None:
+    row = {"external_id": "s_r", "external_customer_id": "acme", "plan_code": plan["code"],
+           "subscription_at": days(-30)}  # fmt: skip
+    proc = run_cli(tmp_path, config, subscriptions(row, {**row, "status": "terminated"}))
+    assert proc.returncode == 0, proc.stderr
+    # Re-created since, with another start: a replay of the ending row must not end it.
+    proc = run_cli(tmp_path, config, subscriptions({**row, "subscription_at": days(-1)}))
+    assert proc.returncode == 0, proc.stderr
+    lago.requests(clear=True)
+    proc = run_cli(tmp_path, config, subscriptions(row, {**row, "status": "terminated"}))
+    assert proc.returncode == 0, proc.stderr
+    assert [w for w in writes(lago) if w[0] == "DELETE"] == []
+    assert sorted(s["status"] for s in rows_of(lago, "s_r")) == ["active", "terminated"]

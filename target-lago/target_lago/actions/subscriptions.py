@@ -129,9 +129,10 @@ def subscription_payload(record: Mapping[str, Any]) -> tuple[dict, list[str]]:
 def ending_payload(record: Mapping[str, Any]) -> dict:
     """What identifies the subscription a `terminated` or `canceled` row ends.
 
-    `external_id`, and when present `external_customer_id`, `plan_code` and the time it
-    ended (`terminated_at` / `canceled_at`): a live subscription that differs from them is
-    another one (a later plan, or one created after this end) and is left alone.
+    `external_id`, and when present `external_customer_id`, `plan_code`,
+    `subscription_at` and the time it ended (`terminated_at` / `canceled_at`): a live
+    subscription that differs from them is another one (a later plan, a re-created one,
+    or one created after this end) and is left alone.
 
     Raises:
         RecordRejected: When `external_id` is missing or the end time cannot be read.
@@ -144,12 +145,13 @@ def ending_payload(record: Mapping[str, Any]) -> dict:
     for field in ("external_customer_id", "plan_code"):
         if not missing(record.get(field)):
             payload[field] = str(record[field])
-    end = record.get("terminated_at") or record.get("canceled_at")
-    if end is not None:
-        try:
-            payload["ended_at"] = to_iso(end)
-        except ValueError as exc:
-            raise RecordRejected({"terminated_at": ["invalid_date"]}, f"end time {exc}") from None
+    for field, name in (("terminated_at", "ended_at"), ("canceled_at", "ended_at"),
+                        ("subscription_at", "subscription_at")):  # fmt: skip
+        if record.get(field) is not None and name not in payload:
+            try:
+                payload[name] = to_iso(record[field])
+            except ValueError as exc:
+                raise RecordRejected({field: ["invalid_date"]}, f"'{field}' {exc}") from None
     return payload
 
 
@@ -352,6 +354,9 @@ class SubscriptionsSink(OneByOneSink):
         for field in ("external_customer_id", "plan_code"):
             if field in payload and sub.get(field) != payload[field]:
                 return False
+        start = payload.get("subscription_at")
+        if start is not None and not _same_time(start, sub.get("subscription_at")):
+            return False
         ended, created = _moment(payload.get("ended_at")), _moment(sub.get("created_at"))
         return ended is None or created is None or created <= ended
 
