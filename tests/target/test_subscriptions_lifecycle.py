@@ -290,3 +290,24 @@ def test_an_ending_row_leaves_a_re_created_subscription_alone(
     assert proc.returncode == 0, proc.stderr
     assert [w for w in writes(lago) if w[0] == "DELETE"] == []
     assert sorted(s["status"] for s in rows_of(lago, "s_r")) == ["active", "terminated"]
+
+
+def test_a_downgrade_replayed_is_not_scheduled_again(
+    lago: Sandbox, config: dict, plan: dict, tmp_path: Path
+) -> None:
+    dear = max(
+        lago.dump()["plans"],
+        key=lambda p: p["amount_cents"] * (1 if p["interval"] == "yearly" else 12),
+    )
+    row = {"external_id": "s_dn", "external_customer_id": "acme", "plan_code": dear["code"]}
+    proc = run_cli(tmp_path, config, subscriptions(row))
+    assert proc.returncode == 0, proc.stderr
+    down = subscriptions({**row, "plan_code": plan["code"]})
+    proc = run_cli(tmp_path, config, down)
+    assert proc.returncode == 0, proc.stderr
+    before = lago.dump()
+    assert sorted(s["status"] for s in rows_of(lago, "s_dn")) == ["active", "pending"]
+    proc = run_cli(tmp_path, config, down)
+    assert proc.returncode == 0, proc.stderr
+    assert summary(proc)["already_present"] == 1
+    assert lago.dump() == before

@@ -234,33 +234,53 @@ class SubscriptionsSink(OneByOneSink):
             want = _ending(item)
             if want is not None:
                 self._end(item, want)
-            elif self._ended(item) and not any(self._find(item, s) for s in ENDED):
-                # Lago holds this row's subscription ended and nothing live: posting the
-                # row again (a replay of "created, then terminated") would start a new one.
+            elif self.done(item, self._stored(item)):
                 self.stats.add("already_present")
             else:
                 self._write(item)
 
-    def _ended(self, item: Item) -> bool:
-        """Whether Lago holds this row's subscription already ended (terminated or canceled)."""
+    def _stored(self, item: Item) -> list[dict]:
+        """The subscriptions with this row's external_id and customer, in any state."""
         payload = item.payload
         query = urllib.parse.urlencode(
             {
                 "external_customer_id": payload["external_customer_id"],
-                "plan_code": payload["plan_code"],
-                "status[]": ["terminated", "canceled"],
+                "status[]": ["active", "pending", "terminated", "canceled"],
                 "per_page": "100",
             },
             doseq=True,
         )
         listed = self.lago.client.request("GET", f"{self.endpoint}?{query}", None)
         rows = (listed.body or {}).get("subscriptions") if listed.ok else None
-        start = payload.get("subscription_at")
-        return any(
-            isinstance(row, dict)
-            and row.get("external_id") == payload["external_id"]
-            and (start is None or _same_time(start, row.get("subscription_at")))
+        return [
+            row
             for row in rows or []
+            if isinstance(row, dict) and row.get("external_id") == payload["external_id"]
+        ]
+
+    @staticmethod
+    def done(item: Item, stored: list[dict]) -> bool:
+        """Whether posting the row again would change what it already did.
+
+        True when Lago holds its subscription ended and nothing live (posting would start
+        a new one: a replay of "created, then terminated", or a row still active upstream
+        for a subscription Lago ended), or when the row's plan is already scheduled as the
+        live one's downgrade (posting would schedule it again).
+        """
+        payload = item.payload
+        plan, start = payload["plan_code"], payload.get("subscription_at")
+        live = [s for s in stored if s.get("status") in ENDED]
+        if not live:
+            return any(
+                s.get("plan_code") == plan
+                and (start is None or _same_time(start, s.get("subscription_at")))
+                for s in stored
+            )
+        return any(
+            s.get("status") == "active"
+            and s.get("plan_code") != plan
+            and s.get("next_plan_code") == plan
+            for s in live
         )
 
     # Create, change plan, update.
