@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import typing as t
 from collections import defaultdict
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from singer_sdk.exceptions import InvalidRecord
 from singer_sdk.sinks import BatchSink
 
-from target_lago.client import encode
+from target_lago.client import LagoUnavailableError, encode
 from target_lago.mapping import RecordRejected, RecordSkipped, json_default, unsendable
 from target_lago.validation import RecordValidator
 
@@ -166,16 +167,15 @@ class LagoSink(BatchSink):
             self.stats.add("delivered")
             if self._shown < DRY_RUN_SHOWN:
                 self._shown += 1
-                self.logger.info(
-                    "dry run: would POST %s %s",
-                    self.endpoint,
-                    json.dumps(
-                        {self.root_key: [payload] if self.batched else payload},
-                        default=json_default,
-                    ),
-                )
+                self.logger.info("dry run: would %s", self.describe(item))
             return
         context.setdefault("records", []).append(item)
+
+    def describe(self, item: Item) -> str:
+        """The request a record would make, for the dry run's log."""
+        payload = [item.payload] if self.batched else item.payload
+        body = json.dumps({self.root_key: payload}, default=json_default)
+        return f"POST {self.endpoint} {body}"
 
     def admit(self, item: Item) -> bool:
         """Whether a mapped record goes on to Lago (False: it was settled here)."""
@@ -286,6 +286,32 @@ class OneByOneSink(LagoSink):
     def settle_ok(self, item: Item, response: LagoResponse) -> None:
         """Count an acknowledged record."""
         self.stats.add("delivered")
+
+    def send_once(
+        self, method: str, path: str, data: bytes, landed: t.Callable[[], bool]
+    ) -> LagoResponse | None:
+        """Send a write Lago would apply twice if repeated, never repeating it blindly.
+
+        Each attempt is sent once. When its answer is lost (timeout, dropped connection) or
+        is a 429 or 5xx, `landed()` looks in Lago first: True means the write took effect
+        (None is returned), False sends it again after a backoff.
+
+        Returns:
+            Lago's final answer, or None when the write was found applied.
+
+        Raises:
+            LagoUnavailableError: When every retry failed.
+        """
+        client = self.lago.client
+        for attempt in range(client.max_retries + 1):
+            try:
+                return client.request(method, path, data, max_retries=0)
+            except LagoUnavailableError:
+                if landed():
+                    return None
+            time.sleep(min(client.backoff_max, client.backoff_base * 2**attempt))
+        msg = f"{method} {client.api_url}{path} still failing after {client.max_retries} retries"
+        raise LagoUnavailableError(msg)
 
 
 def _encode(payload: dict) -> bytes:

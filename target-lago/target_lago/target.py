@@ -54,6 +54,8 @@ ENDPOINT_CHECKS: dict[str, tuple[str, str, bytes | None, int]] = {
         b'{"wallet_transaction":{"wallet_id":""}}',
         422,
     ),
+    "applied_coupons": ("GET", "/applied_coupons?per_page=1", None, 200),
+    "one_off_invoices": ("GET", "/invoices?per_page=1", None, 200),
 }
 SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while others wait
 
@@ -213,7 +215,7 @@ class TargetLago(Target):
             default={},
             description=(
                 f"Stream name or glob -> Lago action ({', '.join(SINKS)}). "
-                "Streams named after an action need no entry."
+                "A stream named after an action needs no entry."
             ),
         ),
         th.Property(
@@ -234,6 +236,17 @@ class TargetLago(Target):
             description=(
                 "Read back every event Lago reports as already stored (one GET each) and "
                 "dead-letter it as conflicting_duplicate when its content differs."
+            ),
+        ),
+        th.Property(
+            "allow_non_idempotent_one_off_invoices",
+            th.BooleanType,
+            default=False,
+            description=(
+                "Accept one_off_invoices streams, which Lago cannot make idempotent: a POST "
+                "/invoices whose response is lost may bill twice. Off: such a stream stops "
+                "the run at its SCHEMA. On: each invoice is tagged with its record's key and "
+                "looked up before it is created (see the README)."
             ),
         ),
         th.Property(
@@ -530,6 +543,22 @@ class TargetLago(Target):
         for sink in sorted(active, key=lambda s: s.rank):
             if sink.rank < rank and sink.current_size and not sink.draining:
                 self.drain_one(sink)
+
+    def flush_after(self, rank: int) -> None:
+        """Deliver every record of a higher rank received so far, and wait for Lago.
+
+        A write that must follow them (a subscription's termination follows its events)
+        calls this before its record is queued.
+
+        Args:
+            rank: Rank of the sink whose next record must come after them.
+        """
+        sinks = [t.cast("LagoSink", s) for s in self._sinks_to_clear]
+        sinks += [t.cast("LagoSink", s) for s in self._sinks_active.values()]
+        for sink in sorted(sinks, key=lambda s: s.rank):
+            if sink.rank > rank and sink.current_size and not sink.draining:
+                self.drain_one(sink)
+        self.inflight.wait_all()
 
     def existed_before(self, created_at: t.Any, server_time: float | None) -> bool:
         """Whether an object Lago returned was created before this run wrote it.

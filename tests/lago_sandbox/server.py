@@ -484,6 +484,52 @@ def delete_subscription(ctx: RequestContext) -> bytes:
         return _single(ctx, "subscriptions", sub, "subscription")
 
 
+@_route("PUT", "/subscriptions/{external_id}")
+def put_subscription(ctx: RequestContext) -> bytes:
+    """``PUT /subscriptions/{external_id}`` (``status`` in the query or the body)."""
+    payload = ctx.root("subscription")
+    body = ctx.json_body()
+    status = (ctx.query.get("status") or [body.get("status") or ""])[0] or None
+    with ctx.store.lock:
+        sub = ctx.store.update_subscription(ctx.path_params["external_id"], status, payload)
+        return _with_plan(ctx.store, sub)
+
+
+@_route("POST", "/applied_coupons")
+def post_applied_coupon(ctx: RequestContext) -> bytes:
+    """``POST /applied_coupons`` (a reusable coupon applied again is a new application)."""
+    payload = ctx.root("applied_coupon")
+    with ctx.store.lock:
+        obj = ctx.store.apply_coupon(payload, ctx.state.complete)
+        return _single(ctx, "applied_coupons", obj, "applied_coupon")
+
+
+def _invoice_body(store: Store, invoice: JsonObj) -> bytes:
+    extended = dict(invoice)
+    extended["fees"] = store.find_all("fees", lago_invoice_id=invoice["lago_id"])
+    return _dumps({"invoice": extended})
+
+
+@_route("POST", "/invoices")
+def post_invoice(ctx: RequestContext) -> bytes:
+    """``POST /invoices``: a one-off invoice of add-ons (every call a new invoice)."""
+    payload = ctx.root("invoice")
+    with ctx.store.lock:
+        return _invoice_body(
+            ctx.store, ctx.store.create_one_off_invoice(payload, ctx.state.complete)
+        )
+
+
+@_route("PUT", "/invoices/{lago_id}")
+def put_invoice(ctx: RequestContext) -> bytes:
+    """``PUT /invoices/{lago_id}``: payment status and metadata."""
+    payload = ctx.root("invoice")
+    with ctx.store.lock:
+        return _invoice_body(
+            ctx.store, ctx.store.update_invoice(ctx.path_params["lago_id"], payload)
+        )
+
+
 def _make_delete(resource: str, delete: str) -> Handler:
     def handler(ctx: RequestContext) -> bytes:
         obj = getattr(ctx.store, delete)(ctx.path_params["key"])
@@ -523,6 +569,10 @@ _HANDLERS: dict[str, Handler] = {
             post_wallet,
             put_wallet,
             post_wallet_transactions,
+            put_subscription,
+            post_applied_coupon,
+            post_invoice,
+            put_invoice,
         )
     },
 }
@@ -588,7 +638,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
         self._dispatch("DELETE")
 
     def do_PUT(self) -> None:
-        """PUT."""
+        """PUT (wallets, subscriptions and invoices; other paths: 404 resource_not_found)."""
         self._dispatch("PUT")
 
     def do_PATCH(self) -> None:

@@ -794,9 +794,7 @@ class Store:
         table = self.tables["events"]
         answers = []
         for event in built:
-            answers.append(
-                {**event, "lago_id": None, "created_at": None, "lago_customer_id": None}
-            )
+            answers.append({**event, "lago_id": None, "created_at": None, "lago_customer_id": None})
             stored = dict(event)
             stored["lago_id"] = "-".join(
                 [
@@ -1199,6 +1197,253 @@ class Store:
             self._discard("add_ons", add_on)
             return add_on
 
+    # -- writes: subscription update, applied coupons, one-off invoices ----------------------
+
+    def update_subscription(
+        self, external_id: str, status: str | None, payload: JsonObj
+    ) -> JsonObj:
+        """``PUT /subscriptions/{external_id}`` (LAGO_API_WRITES.md section 1)."""
+        with self.lock:
+            rows = self.find_all("subscriptions", external_id=external_id)
+            if len(rows) > 1:
+                wanted = status if status in ("pending", "incomplete") else "active"
+                rows = [s for s in rows if s.get("status") == wanted]
+            if not rows:
+                raise not_found("subscription")
+            sub = max(rows, key=lambda s: epoch(s.get("subscription_at")) or 0.0)
+            if sub.get("status") == "incomplete":
+                raise not_allowed("subscription_incomplete")
+            if payload.get("plan_overrides"):
+                raise forbidden("feature_unavailable")
+            now = self.clock()
+            errors: JsonObj = {}
+            sub_at = None
+            if "subscription_at" in payload:
+                sub_at = parse_datetime(payload["subscription_at"])
+                if sub_at is None:
+                    errors["subscription_at"] = ["invalid_date"]
+            ending_at = None
+            if payload.get("ending_at") is not None:
+                ending_at = parse_datetime(payload["ending_at"])
+                start = sub_at or parse_datetime(sub.get("subscription_at") or "")
+                if (
+                    ending_at is None
+                    or ending_at.date() <= now.date()
+                    or (start is not None and ending_at <= start)
+                ):
+                    errors["ending_at"] = ["invalid_date"]
+            if errors:
+                raise unprocessable(errors)
+            if "name" in payload:
+                sub["name"] = payload["name"]
+            if "ending_at" in payload:
+                sub["ending_at"] = iso(ending_at) if ending_at else None
+            if (
+                sub_at is not None
+                and sub.get("status") == "pending"
+                and not sub.get("previous_plan_code")
+            ):
+                sub["subscription_at"] = iso(sub_at)
+                if sub_at.date() <= now.date():
+                    sub["status"] = "active"
+                    sub["started_at"] = iso_ms(sub_at)
+            self.changed("subscriptions", sub)
+            return sub
+
+    def apply_coupon(
+        self, payload: JsonObj, complete: Callable[[str, JsonObj], JsonObj]
+    ) -> JsonObj:
+        """``POST /applied_coupons`` (LAGO_API_WRITES.md section 6)."""
+        with self.lock:
+            ext = payload.get("external_customer_id")
+            customer = self.customer(str(ext)) if not _blank(ext) else None
+            if customer is None:
+                raise not_found("customer")
+            code = payload.get("coupon_code")
+            coupon = self.find_one("coupons", code=code) if not _blank(code) else None
+            if coupon is None or coupon_status(coupon) != "active":
+                raise not_found("coupon")
+            ext = customer["external_id"]
+            mine = self.find_all("applied_coupons", external_customer_id=ext)
+            if coupon.get("limited_plans") or coupon.get("limited_billable_metrics"):
+                limits = set(coupon.get("plan_codes") or []) | set(
+                    coupon.get("billable_metric_codes") or []
+                )
+                for applied in mine:
+                    other = self.find_one("coupons", code=applied.get("coupon_code")) or {}
+                    taken = set(other.get("plan_codes") or []) | set(
+                        other.get("billable_metric_codes") or []
+                    )
+                    if applied.get("status") == "active" and limits & taken:
+                        raise not_allowed("plan_overlapping")
+            if not coupon.get("reusable", True) and any(
+                a.get("coupon_code") == coupon["code"] for a in mine
+            ):
+                raise unprocessable({"coupon": ["coupon_is_not_reusable"]})
+            frequency = payload.get("frequency") or coupon.get("frequency") or "once"
+            duration = payload.get("frequency_duration", coupon.get("frequency_duration"))
+            if frequency == "recurring" and not isinstance(duration, int):
+                raise unprocessable(
+                    {"frequency_duration": ["value_is_mandatory", "is not a number"]}
+                )
+            fixed = coupon.get("coupon_type") == "fixed_amount"
+            currency = payload.get("amount_currency") or coupon.get("amount_currency")
+            if fixed and currency:
+                if not customer.get("currency") and self._customer_editable(customer):
+                    customer["currency"] = currency
+                    self.changed("customers", customer)
+                elif customer.get("currency") != currency:
+                    raise unprocessable({"currency": ["currencies_does_not_match"]})
+            amount = payload.get("amount_cents", coupon.get("amount_cents")) if fixed else None
+            fields = {
+                "lago_coupon_id": coupon["lago_id"],
+                "coupon_code": coupon["code"],
+                "coupon_name": coupon.get("name"),
+                "coupon_status": "active",
+                "lago_customer_id": customer["lago_id"],
+                "external_customer_id": ext,
+                "status": "active",
+                "amount_cents": amount,
+                "amount_cents_remaining": amount,
+                "amount_currency": currency if fixed else None,
+                "percentage_rate": None
+                if fixed
+                else str(payload.get("percentage_rate") or coupon.get("percentage_rate")),
+                "frequency": frequency,
+                "frequency_duration": duration if frequency == "recurring" else None,
+                "frequency_duration_remaining": duration if frequency == "recurring" else None,
+                "expiration_at": coupon.get("expiration_at"),
+                "created_at": iso(self.clock()),
+            }
+            obj = complete("applied_coupons", fields)
+            self._insert("applied_coupons", obj)
+            return obj
+
+    def create_one_off_invoice(
+        self, payload: JsonObj, complete: Callable[[str, JsonObj], JsonObj]
+    ) -> JsonObj:
+        """``POST /invoices`` (LAGO_API_WRITES.md section 7): created finalized, no idempotency."""
+        with self.lock:
+            ext = payload.get("external_customer_id")
+            customer = self.customer(str(ext)) if not _blank(ext) else None
+            if customer is None:
+                raise not_found("customer")
+            fees_in = payload.get("fees")
+            if not isinstance(fees_in, list) or not fees_in:
+                raise not_found("fees")
+            add_ons = []
+            for fee in fees_in:
+                code = fee.get("add_on_code") if isinstance(fee, dict) else None
+                add_on = self.find_one("add_ons", code=code) if not _blank(code) else None
+                if add_on is None:
+                    raise not_found("add_on")
+                add_ons.append(add_on)
+                lo, hi = fee.get("from_datetime"), fee.get("to_datetime")
+                if lo is not None or hi is not None:
+                    lo_dt, hi_dt = parse_datetime(lo), parse_datetime(hi)
+                    if lo_dt is None or hi_dt is None or lo_dt > hi_dt:
+                        raise unprocessable({"boundaries": ["values_are_invalid"]})
+            currency = (
+                payload.get("currency")
+                or customer.get("currency")
+                or add_ons[0].get("amount_currency")
+            )
+            if customer.get("currency") != currency:
+                if not customer.get("currency") and self._customer_editable(customer):
+                    customer["currency"] = currency
+                    self.changed("customers", customer)
+                else:
+                    raise unprocessable({"currency": ["currencies_does_not_match"]})
+            now = self.clock()
+            invoice_id = new_id()
+            number = len(self.tables["invoices"]) + 1
+            fees = []
+            total = 0
+            for fee, add_on in zip(fees_in, add_ons, strict=True):
+                units = Decimal(str(fee.get("units", 1) or 0))
+                unit_cents = fee.get("unit_amount_cents", add_on.get("amount_cents") or 0)
+                amount = int(Decimal(str(unit_cents)) * units)
+                total += amount
+                fees.append(
+                    complete(
+                        "fees",
+                        {
+                            "lago_invoice_id": invoice_id,
+                            "lago_customer_id": customer["lago_id"],
+                            "external_customer_id": customer["external_id"],
+                            "amount_cents": amount,
+                            "amount_currency": currency,
+                            "units": decimal_string(units) or "1.0",
+                            "description": fee.get("description", add_on.get("description")),
+                            "payment_status": "succeeded" if total == 0 else "pending",
+                            "item": {
+                                "type": "add_on",
+                                "code": add_on["code"],
+                                "name": add_on.get("name"),
+                                "invoice_display_name": fee.get("invoice_display_name")
+                                or add_on.get("invoice_display_name")
+                                or add_on.get("name"),
+                                "lago_item_id": add_on["lago_id"],
+                                "item_type": "AddOn",
+                            },
+                        },
+                    )
+                )
+            fields: JsonObj = {
+                "lago_id": invoice_id,
+                "sequential_id": number,
+                "number": f"ONE-OFF-{number:05d}",
+                "invoice_type": "one_off",
+                "status": "finalized",
+                "payment_status": "succeeded" if total == 0 else "pending",
+                "currency": currency,
+                "fees_amount_cents": total,
+                "created_at": iso(now),
+                "updated_at": iso(now),
+                "issuing_date": now.date().isoformat(),
+                "payment_due_date": now.date().isoformat(),
+                "customer": dict(customer),
+                "metadata": [],
+            }
+            invoice = complete("invoices", fields)
+            self._insert("invoices", invoice)
+            for fee in fees:
+                self._insert("fees", fee)
+            return invoice
+
+    def update_invoice(self, lago_id: str, payload: JsonObj) -> JsonObj:
+        """``PUT /invoices/{lago_id}``: ``payment_status`` and ``metadata`` (by ``id``)."""
+        with self.lock:
+            invoice = self.find_one("invoices", lago_id=lago_id)
+            if invoice is None or not listed("invoices", invoice):
+                raise not_found("invoice")
+            now = self.clock()
+            status = payload.get("payment_status")
+            if status is not None:
+                if status not in ("pending", "succeeded", "failed"):
+                    raise unprocessable({"payment_status": ["value_is_invalid"]})
+                invoice["payment_status"] = status
+            given = payload.get("metadata")
+            if isinstance(given, list):
+                current = {m.get("lago_id"): m for m in invoice.get("metadata") or []}
+                kept = []
+                for item in given:
+                    if not isinstance(item, dict):
+                        continue
+                    old = current.get(item.get("id"))
+                    kept.append(
+                        {
+                            "lago_id": old["lago_id"] if old else new_id(),
+                            "key": str(item.get("key", old["key"] if old else "")),
+                            "value": str(item.get("value", old["value"] if old else "")),
+                            "created_at": old["created_at"] if old else iso(now),
+                        }
+                    )
+                invoice["metadata"] = kept
+            invoice["updated_at"] = iso(now)
+            self.changed("invoices", invoice)
+            return invoice
+
 
 # ---------------------------------------------------------------------------------------------
 # Write helpers.
@@ -1401,6 +1646,10 @@ def _has_pair(obj: JsonObj, key: str, value: str) -> bool:
     )
 
 
+def _has_metadata(pair: tuple[str, str | None]) -> Predicate:
+    return lambda o: any((m.get("key"), m.get("value")) == pair for m in o.get("metadata") or [])
+
+
 def _eq(field: str, value: Any) -> Predicate:
     return lambda o: o.get(field) == value
 
@@ -1532,6 +1781,11 @@ def list_query(
             preds.append(lambda o: o.get("status") in statuses)
     elif resource == "invoices":
         preds.append(lambda o: listed("invoices", o))
+        for name in sorted(params):
+            if name.startswith("metadata[") and name.endswith("]"):
+                meta = (name[9:-1], _first(params, name))
+                key.append(("metadata", meta))
+                preds.append(_has_metadata(meta))
         preds += _date_filters(params, "issuing_date")
         key += [(n, _first(params, n)) for n in ("issuing_date_from", "issuing_date_to")]
     elif resource == "credit_notes":

@@ -57,7 +57,7 @@ def test_writes_need_the_key_too(sandbox: Sandbox) -> None:
         ("PUT", "/customers"),
         ("DELETE", "/events/tx_00001"),
         ("PATCH", "/events"),
-        ("POST", "/invoices"),
+        ("POST", "/fees"),
     ],
 )
 def test_unknown_route_is_404_before_auth(sandbox: Sandbox, method: str, path: str) -> None:

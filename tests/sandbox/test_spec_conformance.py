@@ -453,6 +453,76 @@ def request_body(proxy: Proxy, method: str, template: str, body: Any) -> None:
         proxy.problems.append(str(exc))
 
 
+def test_lifecycle_writes(proxy: Proxy, org: dict[str, list[dict]]) -> None:
+    """PUT /subscriptions, POST /applied_coupons, one-off POST /invoices, PUT /invoices.
+
+    Request bodies shaped as target-lago sends them are checked against their input
+    schemas; every response through Prism.
+    """
+    plan = org["plans"][0]["code"]
+    add_on = org["add_ons"][0]["code"]
+    sub = {"external_customer_id": "lw-cust", "external_id": "lw-1", "plan_code": plan}
+    proxy.call("POST", "/subscriptions", body={"subscription": sub})
+    update = {"subscription": {"name": "Renamed", "ending_at": "2099-01-01T00:00:00Z"}}
+    openapi_spec.validate_object("SubscriptionUpdateInput", update)
+    proxy.call("PUT", "/subscriptions/{external_id}", "/subscriptions/lw-1", body=update)
+    proxy.call(
+        "PUT",
+        "/subscriptions/{external_id}",
+        "/subscriptions/lw-1",
+        status=422,
+        body={"subscription": {"ending_at": "2000-01-01T00:00:00Z"}},
+    )
+    proxy.call(
+        "PUT", "/subscriptions/{external_id}", "/subscriptions/none", status=404, body=update
+    )
+    proxy.call(
+        "POST", "/customers", body={"customer": {"external_id": "lw-cust", "currency": "EUR"}}
+    )
+    coupon = next(c for c in org["coupons"] if not c["terminated_at"])["code"]
+    applied = {"applied_coupon": {"external_customer_id": "lw-cust", "coupon_code": coupon}}
+    openapi_spec.validate_object("AppliedCouponInput", applied)
+    proxy.call("POST", "/applied_coupons", body=applied)
+    proxy.call(
+        "POST",
+        "/applied_coupons",
+        status=404,
+        body={"applied_coupon": {"external_customer_id": "lw-cust", "coupon_code": "none"}},
+    )
+    proxy.call("GET", "/applied_coupons", params={"external_customer_id": "lw-cust"})
+    invoice = {
+        "invoice": {
+            "external_customer_id": "lw-cust",
+            "currency": "EUR",
+            "fees": [{"add_on_code": add_on, "units": "2", "description": "Setup"}],
+        }
+    }
+    openapi_spec.validate_object("InvoiceOneOffCreateInput", invoice)
+    created = proxy.call("POST", "/invoices", body=invoice)
+    lago_id = (created or {}).get("invoice", {}).get("lago_id", "missing")
+    metadata = {"invoice": {"metadata": [{"key": "target_lago_key", "value": "lw-row-1"}]}}
+    openapi_spec.validate_object("InvoiceUpdateInput", metadata)
+    proxy.call("PUT", "/invoices/{lago_id}", f"/invoices/{lago_id}", body=metadata)
+    proxy.call("GET", "/invoices", params={"metadata[target_lago_key]": "lw-row-1"})
+    # Undeclared by the spec, as the server answers them.
+    proxy.call(
+        "POST",
+        "/invoices",
+        status=404,
+        tolerate=(UNDECLARED_STATUS,),
+        body={"invoice": {**invoice["invoice"], "fees": [{"add_on_code": "none"}]}},
+    )
+    proxy.call(
+        "POST",
+        "/invoices",
+        status=404,
+        tolerate=(UNDECLARED_STATUS,),
+        body={"invoice": {**invoice["invoice"], "fees": []}},
+    )
+    proxy.call("DELETE", "/subscriptions/{external_id}", "/subscriptions/lw-1")
+    proxy.assert_clean()
+
+
 def test_deletions(proxy: Proxy) -> None:
     """DELETE of a customer, a plan, a coupon and an add-on (run last: it removes them)."""
     org = proxy.sandbox.dump()

@@ -86,14 +86,14 @@ def test_subscriptions_repost_skip_and_reject(lago: Sandbox, config: dict, plan:
          "subscription_at": future},
         {"external_id": "sub_bad", "external_customer_id": "acme", "plan_code": "no_such_plan"},
         {"external_id": "sub_old", "external_customer_id": "acme", "plan_code": plan["code"],
-         "status": "terminated"},
+         "status": "incomplete"},
         {"external_id": "sub_gone", "external_customer_id": "acme", "plan_code": plan["code"],
          "status": "canceled"},
     ]  # fmt: skip
     first = run_target(config, subscriptions_messages(*records))
     assert isinstance(first.error, RecordsRejectedError)
     assert first.counts["subscriptions"] == {
-        "received": 5, "delivered": 2, "already_present": 0, "rejected": 1, "skipped": 2,
+        "received": 5, "delivered": 2, "already_present": 0, "rejected": 2, "skipped": 1,
         "accepted_unverified": 0,
     }  # fmt: skip
     subs = lago.dump()["subscriptions"]
@@ -101,10 +101,15 @@ def test_subscriptions_repost_skip_and_reject(lago: Sandbox, config: dict, plan:
     assert (main["status"], main["billing_time"], main["name"]) == ("active", "anniversary", "Main")
     assert by_external_id(subs, "sub_later")[0]["status"] == "pending"
     assert not by_external_id(subs, "sub_old") + by_external_id(subs, "sub_gone")
-    [letter] = dead_letters(config["dead_letter_path"])
+    letter, gone = sorted(
+        dead_letters(config["dead_letter_path"]), key=lambda x: x["record"]["external_id"]
+    )
     assert letter["record"]["external_id"] == "sub_bad"
     assert (letter["http_status"], letter["error_code"]) == (404, "plan_not_found")
     assert letter["action"] == "subscriptions"
+    # Nothing to cancel: a canceled row of a subscription Lago never had.
+    assert gone["record"]["external_id"] == "sub_gone"
+    assert (gone["http_status"], gone["error_code"]) == (404, "subscription_not_found")
 
     # Re-posting: Lago returns the existing subscriptions unchanged.
     lago.upsert("subscriptions", {"lago_id": main["lago_id"], "created_at": "2025-01-01T00:00:00Z"})

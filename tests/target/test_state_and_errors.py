@@ -110,7 +110,7 @@ def test_stream_without_action_fails_at_its_schema(lago: Sandbox, config: dict) 
     assert isinstance(run.error, StreamRoutingError)
     message = str(run.error)
     assert "'orders'" in message
-    assert "customers, subscriptions, events" in message
+    assert all(action in message for action in ("customers", "subscriptions", "events"))
     assert "stream_actions" in message
     assert lago.requests() == []
 

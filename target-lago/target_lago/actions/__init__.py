@@ -9,8 +9,10 @@ wallet transactions and one-off invoices 40, events 50.
 
 from __future__ import annotations
 
+from target_lago.actions.applied_coupons import AppliedCouponsSink
 from target_lago.actions.customers import CustomersSink
 from target_lago.actions.events import EventsSink
+from target_lago.actions.one_off_invoices import OneOffInvoicesSink
 from target_lago.actions.subscriptions import SubscriptionsSink
 from target_lago.actions.wallet_transactions import WalletTransactionsSink
 from target_lago.actions.wallets import WalletsSink
@@ -18,5 +20,13 @@ from target_lago.sinks import LagoSink
 
 ACTIONS: dict[str, type[LagoSink]] = {
     sink.action: sink
-    for sink in (CustomersSink, SubscriptionsSink, EventsSink, WalletsSink, WalletTransactionsSink)
+    for sink in (
+        CustomersSink,
+        SubscriptionsSink,
+        EventsSink,
+        WalletsSink,
+        WalletTransactionsSink,
+        AppliedCouponsSink,
+        OneOffInvoicesSink,
+    )
 }

@@ -1,11 +1,22 @@
-"""`subscriptions`: `POST /subscriptions`; the same plan again is a no-op."""
+"""`subscriptions`: the lifecycle from one table: create, change plan, update, terminate.
+
+A row creates the subscription or changes its plan (`POST /subscriptions`, the same plan
+again is a no-op), then updates `name`, `ending_at` and a pending one's `subscription_at`
+when Lago holds other values (`PUT /subscriptions/{external_id}`). A `terminated` or
+`canceled` row ends it (`DELETE /subscriptions/{external_id}`, `status=pending` for a
+pending one), after the events received before it have been delivered.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 import typing as t
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from target_lago.client import LagoUnavailableError, encode
 from target_lago.mapping import (
     RecordRejected,
     RecordSkipped,
@@ -63,8 +74,11 @@ SUBSCRIPTION_READ_ONLY = frozenset(
         "applicable_usage_thresholds",
     }
 )
-# Subscriptions in these states are history: re-posting them would start a new one.
-SKIPPED_SUBSCRIPTION_STATUSES = frozenset({"terminated", "canceled", "incomplete"})
+# A row in one of these states ends the subscription in the other state (DELETE).
+ENDING = {"terminated": "active", "canceled": "pending"}
+ENDED = {"active": "terminated", "pending": "canceled"}
+# Subscriptions in this state wait for a payment: nothing is sent for them.
+SKIPPED_SUBSCRIPTION_STATUSES = frozenset({"incomplete"})
 
 
 def subscription_payload(record: Mapping[str, Any]) -> tuple[dict, list[str]]:
@@ -77,7 +91,7 @@ def subscription_payload(record: Mapping[str, Any]) -> tuple[dict, list[str]]:
         The body and the record's columns that Lago cannot take (ignored).
 
     Raises:
-        RecordSkipped: For a terminated, canceled or incomplete subscription.
+        RecordSkipped: For an incomplete subscription.
         RecordRejected: When a required field is missing or a date cannot be read.
     """
     status = record.get("status")
@@ -112,27 +126,204 @@ def subscription_payload(record: Mapping[str, Any]) -> tuple[dict, list[str]]:
     return plain(body), ignored
 
 
+def ending_payload(record: Mapping[str, Any]) -> dict:
+    """What identifies the subscription a `terminated` or `canceled` row ends.
+
+    `external_id`, and when present `external_customer_id`, `plan_code`,
+    `subscription_at` and the time it ended (`terminated_at` / `canceled_at`): a live
+    subscription that differs from them is another one (a later plan, a re-created one,
+    or one created after this end) and is left alone.
+
+    Raises:
+        RecordRejected: When `external_id` is missing or the end time cannot be read.
+    """
+    if missing(record.get("external_id")):
+        raise RecordRejected(
+            {"external_id": ["value_is_mandatory"]}, "'external_id' is missing or empty"
+        )
+    payload: dict[str, Any] = {"external_id": str(record["external_id"])}
+    for field in ("external_customer_id", "plan_code"):
+        if not missing(record.get(field)):
+            payload[field] = str(record[field])
+    for field, name in (("terminated_at", "ended_at"), ("canceled_at", "ended_at"),
+                        ("subscription_at", "subscription_at")):  # fmt: skip
+        if record.get(field) is not None and name not in payload:
+            try:
+                payload[name] = to_iso(record[field])
+            except ValueError as exc:
+                raise RecordRejected({field: ["invalid_date"]}, f"'{field}' {exc}") from None
+    return payload
+
+
+def _moment(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return moment.timestamp()
+
+
+def _same_time(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return _moment(a) == _moment(b) is not None
+
+
+def _ending(item: Item) -> str | None:
+    """For a row that ends its subscription, the status of the live row it ends."""
+    status = item.record.get("status")
+    return ENDING.get(status) if isinstance(status, str) else None
+
+
 class SubscriptionsSink(OneByOneSink):
-    """`POST /subscriptions`: assign a plan; the same plan again is a no-op."""
+    """`POST`, `PUT` and `DELETE /subscriptions`: one row, one subscription state."""
 
     action = "subscriptions"
     endpoint = "/subscriptions"
     root_key = "subscription"
     rank = 20
-    self_parsed = ("subscription_at", "ending_at")
+    self_parsed = ("subscription_at", "ending_at", "terminated_at", "canceled_at")
+
+    def _get_context(self, record: dict) -> dict:
+        # A termination is queued only once the events received before it are in Lago.
+        status = record.get("status")
+        if not self.lago.dry_run and isinstance(status, str) and status in ENDING:
+            self.lago.flush_after(self.rank)
+        return super()._get_context(record)
 
     def build(self, record: dict) -> tuple[dict, str]:
-        """Map a record to a subscription body."""
-        payload, ignored = subscription_payload(record)
-        self.warn_ignored(ignored)
+        """Map a record to a subscription body (or, to end one, what identifies it)."""
+        status = record.get("status")
+        if isinstance(status, str) and status in ENDING:
+            payload = ending_payload(record)
+        else:
+            payload, ignored = subscription_payload(record)
+            self.warn_ignored(ignored)
         return payload, f"subscription {payload['external_id']!r}"
 
+    def describe(self, item: Item) -> str:
+        """The request of a record, for the dry run's log."""
+        want = _ending(item)
+        if want is None:
+            return super().describe(item)
+        query = "?status=pending" if want == "pending" else ""
+        return f"DELETE {self.endpoint}/{item.payload['external_id']}{query}"
+
     def order(self, groups: list[list[Item]]) -> list[list[Item]]:
-        """Send an active subscription before a pending one of the same external_id."""
+        """Send an active subscription before a pending one of the same external_id.
+
+        Rows that end a subscription keep their place.
+        """
+        ordered = []
+        for group in groups:
+            writes = iter(
+                sorted(
+                    (item for item in group if _ending(item) is None),
+                    key=lambda item: item.record.get("status") == "pending",
+                )
+            )
+            ordered.append([item if _ending(item) else next(writes) for item in group])
+        return ordered
+
+    def _deliver_group(self, group: list[Item]) -> None:
+        for item in group:
+            want = _ending(item)
+            if want is not None:
+                self._end(item, want)
+            elif self.done(item, self._stored(item)):
+                self.stats.add("already_present")
+            else:
+                self._write(item)
+
+    def _stored(self, item: Item) -> list[dict]:
+        """The subscriptions with this row's external_id and customer, in any state."""
+        payload = item.payload
+        query = urllib.parse.urlencode(
+            {
+                "external_customer_id": payload["external_customer_id"],
+                "status[]": ["active", "pending", "terminated", "canceled"],
+                "per_page": "100",
+            },
+            doseq=True,
+        )
+        listed = self.lago.client.request("GET", f"{self.endpoint}?{query}", None)
+        rows = (listed.body or {}).get("subscriptions") if listed.ok else None
         return [
-            sorted(group, key=lambda item: item.record.get("status") == "pending")
-            for group in groups
+            row
+            for row in rows or []
+            if isinstance(row, dict) and row.get("external_id") == payload["external_id"]
         ]
+
+    @staticmethod
+    def done(item: Item, stored: list[dict]) -> bool:
+        """Whether posting the row again would change what it already did.
+
+        True when Lago holds its subscription ended and nothing live (posting would start
+        a new one: a replay of "created, then terminated", or a row still active upstream
+        for a subscription Lago ended), or when the row's plan is already scheduled as the
+        live one's downgrade (posting would schedule it again).
+        """
+        payload = item.payload
+        plan, start = payload["plan_code"], payload.get("subscription_at")
+        live = [s for s in stored if s.get("status") in ENDED]
+        if not live:
+            return any(
+                s.get("plan_code") == plan
+                and (start is None or _same_time(start, s.get("subscription_at")))
+                for s in stored
+            )
+        return any(
+            s.get("status") == "active"
+            and s.get("plan_code") != plan
+            and s.get("next_plan_code") == plan
+            for s in live
+        )
+
+    # Create, change plan, update.
+
+    def _write(self, item: Item) -> None:
+        client = self.lago.client
+        response = client.post(self.endpoint, b'{"subscription":' + item.data + b"}")
+        if not response.ok:
+            self.reject_response(item, response, response.error_details or response.body)
+            return
+        body = response.body if isinstance(response.body, dict) else {}
+        stored = body.get("subscription") or {}
+        changes = self.changes(item, stored)
+        if not changes:
+            self.settle_ok(item, response)
+            return
+        query = "?status=pending" if stored.get("status") == "pending" else ""
+        update = client.request(
+            "PUT", f"{self._path(item)}{query}", encode({"subscription": changes})
+        )
+        if update.ok:
+            self.stats.add("delivered")
+        else:
+            self.reject_response(item, update, update.error_details or update.body)
+
+    def changes(self, item: Item, stored: Mapping[str, Any]) -> dict:
+        """The updatable fields the record gives with another value than Lago's."""
+        record, payload = item.record, item.payload
+        out: dict[str, Any] = {}
+        if "name" in record and record["name"] != stored.get("name"):
+            out["name"] = record["name"]
+        if "ending_at" in record and not _same_time(
+            payload.get("ending_at"), stored.get("ending_at")
+        ):
+            out["ending_at"] = payload.get("ending_at")
+        if (
+            payload.get("subscription_at") is not None
+            and stored.get("status") == "pending"
+            and not stored.get("previous_plan_code")
+            and not _same_time(payload["subscription_at"], stored.get("subscription_at"))
+        ):
+            out["subscription_at"] = payload["subscription_at"]
+        return out
 
     def settle_ok(self, item: Item, response: LagoResponse) -> None:
         """Count a re-post that returned an older subscription as already present."""
@@ -142,3 +333,120 @@ class SubscriptionsSink(OneByOneSink):
             self.stats.add("already_present")
         else:
             self.stats.add("delivered")
+
+    # Terminate.
+
+    def _path(self, item: Item) -> str:
+        return f"{self.endpoint}/{urllib.parse.quote(item.payload['external_id'], safe='')}"
+
+    def _find(self, item: Item, status: str) -> dict | None:
+        """The subscription with this external_id and status (None: 404)."""
+        response = self.lago.client.get(self._path(item), {"status": status})
+        if response.ok and isinstance(response.body, dict):
+            found = response.body.get("subscription")
+            return found if isinstance(found, dict) else None
+        if response.status == 404:
+            return None
+        msg = f"GET {self._path(item)} answered HTTP {response.status} {response.error_code}"
+        raise LagoUnavailableError(msg)
+
+    def _ended_row(self, item: Item, live: Mapping[str, Any], want: str) -> dict | None:
+        """The row `live` once ended (looked up by its lago_id), or None."""
+        found = self._find(item, ENDED[want])
+        if found is not None and found.get("lago_id") == live.get("lago_id"):
+            return found
+        params = {
+            "external_customer_id": str(live.get("external_customer_id") or ""),
+            "status[]": ENDED[want],
+            "per_page": "100",
+        }
+        listed = self.lago.client.get(self.endpoint, params)
+        rows = (listed.body or {}).get("subscriptions") if listed.ok else None
+        for row in rows or []:
+            if isinstance(row, dict) and row.get("lago_id") == live.get("lago_id"):
+                return row
+        return None
+
+    @staticmethod
+    def describes(item: Item, sub: Mapping[str, Any]) -> bool:
+        """Whether a stored subscription is the one this row ends."""
+        payload = item.payload
+        for field in ("external_customer_id", "plan_code"):
+            if field in payload and sub.get(field) != payload[field]:
+                return False
+        start = payload.get("subscription_at")
+        if start is not None and not _same_time(start, sub.get("subscription_at")):
+            return False
+        ended, created = _moment(payload.get("ended_at")), _moment(sub.get("created_at"))
+        return ended is None or created is None or created <= ended
+
+    def _end(self, item: Item, want: str) -> None:
+        live = self._find(item, want)
+        if live is not None and self.describes(item, live):
+            self._delete(item, want, live)
+            return
+        if live is None:
+            ended = self._find(item, ENDED[want])
+            if ended is not None and self.describes(item, ended):
+                self.stats.add("already_present")
+                return
+            if ended is None and "ended_at" not in item.payload:
+                self.reject(
+                    item.record,
+                    404,
+                    "subscription_not_found",
+                    {"external_id": ["subscription_not_found"]},
+                    f"{item.key}: Lago has no {want} or {ENDED[want]} subscription with this "
+                    "external_id, so there is nothing to end",
+                    payload=item.payload,
+                )
+                return
+        self.stats.add("skipped")
+        self.logger.info(
+            "Skipped a record of stream '%s': %s is history (Lago has no subscription with "
+            "this external_id, or another one: other plan or customer, or created after "
+            "this end)",
+            self.stream_name,
+            item.key,
+        )
+
+    def _delete(self, item: Item, want: str, live: Mapping[str, Any]) -> None:
+        """DELETE the live row; after a failed attempt, look before sending it again.
+
+        A DELETE retried blindly could end a newer subscription with the same external_id
+        (LAGO_API_WRITES.md section 2), so each attempt is sent once and, when its answer
+        is lost, the row is read again: ended means done, still live means send again.
+        """
+        client = self.lago.client
+        query = "?status=pending" if want == "pending" else ""
+        for attempt in range(client.max_retries + 1):
+            try:
+                response = client.request(
+                    "DELETE", f"{self._path(item)}{query}", None, max_retries=0
+                )
+            except LagoUnavailableError:
+                response = None
+            if response is not None and response.ok:
+                self.stats.add("delivered")
+                return
+            if response is not None and response.status != 404:
+                self.reject_response(item, response, response.error_details or response.body)
+                return
+            now = self._find(item, want)
+            if now is None or now.get("lago_id") != live.get("lago_id"):
+                if self._ended_row(item, live, want) is not None:
+                    ours = attempt > 0 or response is None
+                    self.stats.add("delivered" if ours else "already_present")
+                else:
+                    self.reject(
+                        item.record,
+                        404,
+                        "subscription_not_found",
+                        {"external_id": ["subscription_not_found"]},
+                        f"{item.key}: the subscription to end disappeared from Lago",
+                        payload=item.payload,
+                    )
+                return
+            time.sleep(min(client.backoff_max, client.backoff_base * 2**attempt))
+        msg = f"DELETE {self._path(item)} still failing after {client.max_retries} retries"
+        raise LagoUnavailableError(msg)
