@@ -311,3 +311,22 @@ def test_a_downgrade_replayed_is_not_scheduled_again(
     assert proc.returncode == 0, proc.stderr
     assert summary(proc)["already_present"] == 1
     assert lago.dump() == before
+
+
+def test_statuses_in_other_spellings_end_and_unknown_ones_are_rejected(
+    lago: Sandbox, config: dict, plan: dict, tmp_path: Path
+) -> None:
+    base = {"external_customer_id": "acme", "plan_code": plan["code"]}
+    live = [{**base, "external_id": f"s_{n}"} for n in range(3)]
+    assert run_cli(tmp_path, config, subscriptions(*live)).returncode == 0
+    ending = [
+        {**live[0], "status": " Terminated"},
+        {**live[1], "status": "TERMINATED"},
+        {**base, "external_id": "s_new", "status": "bogus"},
+    ]
+    proc = run_cli(tmp_path, config, subscriptions(*ending))
+    assert proc.returncode == 1  # the unknown status is a dead letter
+    statuses = {s["external_id"]: s["status"] for s in lago.dump()["subscriptions"]}
+    assert statuses == {"s_0": "terminated", "s_1": "terminated", "s_2": "active"}
+    [letter] = dead_letters(config["dead_letter_path"])
+    assert letter["details"] == {"status": ["value_is_invalid"]}

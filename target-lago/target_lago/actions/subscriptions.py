@@ -79,6 +79,13 @@ ENDING = {"terminated": "active", "canceled": "pending"}
 ENDED = {"active": "terminated", "pending": "canceled"}
 # Subscriptions in this state wait for a payment: nothing is sent for them.
 SKIPPED_SUBSCRIPTION_STATUSES = frozenset({"incomplete"})
+STATUSES = frozenset({"active", "pending", "terminated", "canceled", "incomplete"})
+
+
+def normal_status(text: str) -> str:
+    """A status in Lago's spelling: trimmed, lower case, "cancelled" as "canceled"."""
+    status = text.strip().lower()
+    return "canceled" if status == "cancelled" else status
 
 
 def subscription_payload(record: Mapping[str, Any]) -> tuple[dict, list[str]]:
@@ -97,6 +104,12 @@ def subscription_payload(record: Mapping[str, Any]) -> tuple[dict, list[str]]:
     status = record.get("status")
     if isinstance(status, str) and status in SKIPPED_SUBSCRIPTION_STATUSES:
         raise RecordSkipped(f"status is {status}")
+    if status not in STATUSES and not missing(status):
+        raise RecordRejected(
+            {"status": ["value_is_invalid"]},
+            f"'status' {status!r} is none of {', '.join(sorted(STATUSES))} (a row of "
+            "unknown status is neither started nor ended)",
+        )
     details: dict[str, list[str]] = {}
     reasons: list[str] = []
     for field in ("external_customer_id", "plan_code", "external_id"):
@@ -189,6 +202,10 @@ class SubscriptionsSink(OneByOneSink):
     self_parsed = ("subscription_at", "ending_at", "terminated_at", "canceled_at")
 
     def _get_context(self, record: dict) -> dict:
+        # One spelling of the status first: " Terminated" and "cancelled" end a
+        # subscription too (an unknown status is rejected by the payload).
+        if isinstance(record.get("status"), str):
+            record["status"] = normal_status(record["status"])
         # A termination is queued only once the events received before it are in Lago.
         status = record.get("status")
         if not self.lago.dry_run and isinstance(status, str) and status in ENDING:
