@@ -163,6 +163,13 @@ class LagoSink(BatchSink):
             return
         if not self.admit(item):
             return
+        if self.deferred(item):
+            if self.lago.dry_run:
+                self.stats.add("delivered")
+                self.logger.info("dry run: would %s (after every other write)", self.describe(item))
+            else:
+                self.lago.defer(self, item)
+            return
         if self.lago.dry_run:
             self.stats.add("delivered")
             if self._shown < DRY_RUN_SHOWN:
@@ -180,6 +187,17 @@ class LagoSink(BatchSink):
     def admit(self, item: Item) -> bool:
         """Whether a mapped record goes on to Lago (False: it was settled here)."""
         return True
+
+    def deferred(self, item: Item) -> bool:
+        """Whether a record is written after every other write before the next STATE.
+
+        Deletions are: the records received before them go first.
+        """
+        return False
+
+    def deliver_deferred(self, items: list[Item]) -> None:
+        """Write deferred records of one key, in the order received."""
+        raise NotImplementedError
 
     def warn_ignored(self, columns: list[str]) -> None:
         """Warn once per stream about columns Lago's write endpoint does not take."""

@@ -26,7 +26,7 @@ from target_lago.actions.events import SeenEvents
 from target_lago.client import LagoClient, LagoEndpointError, LagoError, redact_url
 from target_lago.inflight import InFlight
 from target_lago.report import DeadLetterError, RunReport
-from target_lago.sinks import LagoSink, StreamSetupError
+from target_lago.sinks import Item, LagoSink, StreamSetupError
 
 if t.TYPE_CHECKING:
     from pathlib import PurePath
@@ -230,6 +230,16 @@ class TargetLago(Target):
             ),
         ),
         th.Property(
+            "customer_deleted_column",
+            th.StringType,
+            default="_sdc_deleted_at",
+            description=(
+                "Column of a customers stream that marks a deleted row: a timestamp (as the "
+                "_sdc_deleted_at SDK taps emit) or a boolean true deletes the customer in "
+                "Lago (DELETE /customers/{external_id}), after every other write of the run."
+            ),
+        ),
+        th.Property(
             "verify_duplicates",
             th.BooleanType,
             default=False,
@@ -337,6 +347,7 @@ class TargetLago(Target):
             ) from None
         self._check_config()
         self._checked: set[str] = set()
+        self._deferred: list[tuple[LagoSink, Item]] = []
         self.seen_events = SeenEvents()
         self.state_held = 0
         t.cast("LineReader", self.message_reader).on_unreadable = self.reject_line
@@ -591,10 +602,25 @@ class TargetLago(Target):
             self.state_held += 1
             return
         self.inflight.wait_all()
+        self.run_deferred()
         if self.report.rejected and not self.config.get("allow_rejections", False):
             self.state_held += 1
             return
         super()._write_state_message(state)
+
+    def defer(self, sink: LagoSink, item: Item) -> None:
+        """Hold a record (a deletion) until every other write before the next STATE."""
+        self._deferred.append((sink, item))
+
+    def run_deferred(self) -> None:
+        """Write the held records, each key's in order, different keys in parallel."""
+        if not self._deferred:
+            return
+        held, self._deferred = self._deferred, []
+        groups: dict[tuple[int, str], tuple[LagoSink, list[Item]]] = {}
+        for sink, item in held:
+            groups.setdefault((id(sink), item.key), (sink, []))[1].append(item)
+        self.inflight.run_all(lambda group: group[0].deliver_deferred(group[1]), groups.values())
 
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
         # The SDK's handler drains and writes STATE, which can wait minutes (a 429 pause)
@@ -615,6 +641,7 @@ class TargetLago(Target):
         try:
             super().process_endofpipe()
             self.inflight.wait_all()
+            self.run_deferred()  # when no STATE came: deletions still go last
         finally:
             self.inflight.close()
             self._stop_client()

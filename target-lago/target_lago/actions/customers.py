@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from target_lago.mapping import RecordRejected, missing, plain, refuse_unsendable
-from target_lago.sinks import OneByOneSink
+from target_lago.sinks import Item, OneByOneSink
 
 CUSTOMER_FIELDS = frozenset(
     {
@@ -118,15 +119,71 @@ def _integration(item: Mapping[str, Any]) -> dict:
 
 
 class CustomersSink(OneByOneSink):
-    """`POST /customers`: create or update the customer with this `external_id`."""
+    """`POST /customers`: create or update the customer with this `external_id`.
+
+    A row marked deleted (`customer_deleted_column`) is `DELETE /customers/{external_id}`
+    instead, written after every other write of the run (before the next STATE).
+    """
 
     action = "customers"
     endpoint = "/customers"
     root_key = "customer"
     rank = 0
 
+    _deleting = False
+
+    def _get_context(self, record: dict) -> dict:
+        # Read before the SDK strips `_sdc_*` columns from the record.
+        column = str(self.config.get("customer_deleted_column") or "_sdc_deleted_at")
+        self._deleting = marks_deleted(record.get(column))
+        return super()._get_context(record)
+
     def build(self, record: dict) -> tuple[dict, str]:
-        """Map a record to a customer body."""
+        """Map a record to a customer body (a deletion needs `external_id` only)."""
+        if self._deleting:
+            if missing(record.get("external_id")):
+                raise RecordRejected(
+                    {"external_id": ["value_is_mandatory"]}, "'external_id' is missing or empty"
+                )
+            external_id = str(record["external_id"])
+            return {"external_id": external_id}, f"customer {external_id!r}"
         payload, ignored = customer_payload(record)
         self.warn_ignored(ignored)
         return payload, f"customer {payload['external_id']!r}"
+
+    def deferred(self, item: Item) -> bool:
+        """A deletion goes after every other write."""
+        return self._deleting
+
+    def describe(self, item: Item) -> str:
+        """The request a record would make, for the dry run's log."""
+        if self._deleting:
+            return f"DELETE {self._path(item)}"
+        return super().describe(item)
+
+    def deliver_deferred(self, items: list[Item]) -> None:
+        """Delete: 404 `customer_not_found` means it is gone already."""
+        for item in items:
+            response = self.lago.client.request("DELETE", self._path(item), None)
+            if response.ok:
+                self.stats.add("delivered")
+            elif response.status == 404 and response.error_code == "customer_not_found":
+                # After a lost answer, the earlier attempt is what deleted it.
+                self.stats.add("delivered" if response.replayed else "already_present")
+            else:
+                self.reject_response(item, response, response.error_details or response.body)
+
+    @staticmethod
+    def _path(item: Item) -> str:
+        return "/customers/" + urllib.parse.quote(item.payload["external_id"], safe="")
+
+
+def marks_deleted(value: Any) -> bool:
+    """Whether a deletion column's value says the row is deleted."""
+    if value is None or value is False:
+        return False
+    if isinstance(value, str):
+        return value.strip().lower() not in {"", "false", "0", "no", "f", "n"}
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value != 0
+    return True
