@@ -25,6 +25,7 @@ from target_lago.actions import ACTIONS
 from target_lago.actions.events import SeenEvents
 from target_lago.client import LagoClient, LagoEndpointError, LagoError, redact_url
 from target_lago.inflight import InFlight
+from target_lago.mapping import RecordRejected
 from target_lago.report import DeadLetterError, RunReport
 from target_lago.sinks import Item, LagoSink, StreamSetupError
 
@@ -348,6 +349,7 @@ class TargetLago(Target):
         self._check_config()
         self._checked: set[str] = set()
         self._deferred: list[tuple[LagoSink, Item]] = []
+        self._subscriptions_of: dict[str, list[tuple[str, str]]] = {}
         self.seen_events = SeenEvents()
         self.state_held = 0
         t.cast("LineReader", self.message_reader).on_unreadable = self.reject_line
@@ -607,6 +609,37 @@ class TargetLago(Target):
             self.state_held += 1
             return
         super()._write_state_message(state)
+
+    def subscription_of(self, customer: str) -> str:
+        """The external_id of a customer's one active subscription (cached for the run).
+
+        Raises:
+            RecordRejected: When the customer has none, or several (naming them).
+        """
+        if customer not in self._subscriptions_of:
+            self._subscriptions_of[customer] = self._active_subscriptions(customer)
+        found = self._subscriptions_of[customer]
+        if len(found) == 1:
+            return found[0][0]
+        if not found:
+            problem = f"customer {customer!r} has no active subscription in Lago"
+        else:
+            names = ", ".join(f"{sub} (plan {plan})" for sub, plan in found)
+            problem = f"customer {customer!r} has {len(found)} active subscriptions: {names}"
+        msg = f"no external_subscription_id, and {problem}: name the subscription in the row"
+        raise RecordRejected({"external_subscription_id": ["value_is_mandatory"]}, msg)
+
+    def _active_subscriptions(self, customer: str) -> list[tuple[str, str]]:
+        if self.dry_run:  # nothing may reach Lago: shown as what would be looked up
+            return [(f"(the active subscription of customer {customer!r})", "?")]
+        params = {"external_customer_id": customer, "status[]": "active", "per_page": "100"}
+        response = self.client.get("/subscriptions", params)
+        body = response.body if response.ok and isinstance(response.body, dict) else {}
+        return [
+            (str(sub.get("external_id")), str(sub.get("plan_code")))
+            for sub in body.get("subscriptions") or []
+            if isinstance(sub, dict) and sub.get("status", "active") == "active"
+        ]
 
     def defer(self, sink: LagoSink, item: Item) -> None:
         """Hold a record (a deletion) until every other write before the next STATE."""

@@ -36,6 +36,9 @@ if t.TYPE_CHECKING:
 EVENT_READ_ONLY = frozenset(
     {"lago_id", "lago_customer_id", "lago_subscription_id", "created_at", "updated_at"}
 )
+# Lago's usage guide keys an event by customer; lago-api v1.51.0 drops the field, so it
+# names the subscription to resolve and is never sent (nor made a property).
+BY_CUSTOMER = frozenset({"external_customer_id"})
 EVENT_FIELDS = frozenset(
     {
         "transaction_id",
@@ -46,7 +49,7 @@ EVENT_FIELDS = frozenset(
         "properties",
     }
 )
-_NOT_PROPERTIES = EVENT_FIELDS | EVENT_READ_ONLY
+_NOT_PROPERTIES = EVENT_FIELDS | EVENT_READ_ONLY | BY_CUSTOMER
 _quote = json.encoder.encode_basestring_ascii
 
 
@@ -133,7 +136,10 @@ def event_payload(record: Mapping[str, Any], id_columns: Sequence[str]) -> dict:
     for field in ("code", "external_subscription_id", "transaction_id"):
         value = record.get(field)
         if missing(value):
-            if field != "transaction_id":
+            by_customer = field == "external_subscription_id" and not missing(
+                record.get("external_customer_id")
+            )  # resolved to the customer's active subscription by the sink
+            if field != "transaction_id" and not by_customer:
                 details[field] = ["value_is_mandatory"]
                 reasons.append(f"'{field}' is missing or empty")
         elif (type(value) is str and "\x00" not in value) or type(value) is int:
@@ -324,8 +330,19 @@ class EventsSink(LagoSink):
         self._seen = target.seen_events
 
     def build(self, record: dict) -> tuple[dict, str]:
-        """Map a record to an event body."""
+        """Map a record to an event body.
+
+        An event keyed by customer only (Lago's usage guide) gets the customer's one
+        active subscription (`TargetLago.subscription_of`, one GET per customer a run).
+        """
         payload = event_payload(record, self.id_columns)
+        if "external_subscription_id" not in payload:
+            try:
+                customer = str(record["external_customer_id"])
+                payload["external_subscription_id"] = self.lago.subscription_of(customer)
+            except RecordRejected as exc:
+                exc.transaction_id = payload.get("transaction_id")
+                raise
         return payload, f"event {payload['transaction_id']!r}"
 
     def admit(self, item: Item) -> bool:
