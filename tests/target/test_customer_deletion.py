@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tests.lago_sandbox import Sandbox
 from tests.target.helpers import (
@@ -41,7 +42,7 @@ def test_a_deleted_row_deletes_the_customer_after_every_other_write_and_replays_
     rows = [{"external_id": f"c{n}", "name": f"C{n}"} for n in range(4)]
     assert run_cli(tmp_path, config, customers(*rows)).returncode == 0
     subs = subscriptions_for(lago, ["c0"], plan["code"])
-    deleted = [
+    deleted: list[dict[str, Any]] = [
         {**rows[0], "_sdc_deleted_at": "2026-11-29T10:00:00Z"},  # as an SDK tap marks it
         {**rows[1], "is_deleted": True},  # ignored: not the configured column
         {**rows[2], "_sdc_deleted_at": None},
