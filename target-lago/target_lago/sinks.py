@@ -77,6 +77,32 @@ class LagoSink(BatchSink):
         self._shown = 0
         self._warned_ignored = False
         self._max_size = int(self.config.get("batch_size", 100))  # read once: asked per record
+        self.setup()
+
+    def setup(self) -> None:
+        """Check the stream once, at its SCHEMA (override).
+
+        Raises:
+            StreamSetupError: When its records could not be written safely as declared.
+        """
+
+    def identifying_columns(self) -> list[str]:
+        """The columns that identify a row: its `transaction_id_columns` entry, else keys.
+
+        Raises:
+            StreamSetupError: When the setting names a column the stream does not have.
+        """
+        named = self.lago.transaction_id_columns(self.stream_name)
+        declared = self.schema.get("properties") or {}
+        unknown = [column for column in named or [] if declared and column not in declared]
+        if unknown:
+            msg = (
+                f"transaction_id_columns names {', '.join(unknown)} for stream "
+                f"'{self.stream_name}', which has no such column (it has: "
+                f"{', '.join(sorted(declared))}): fix the column names."
+            )
+            raise StreamSetupError(msg)
+        return list(named if named is not None else self.key_properties or [])
 
     def get_validator(self) -> RecordValidator | None:
         """Validate records against the stream's schema, less the fields we parse ourselves.

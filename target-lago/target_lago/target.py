@@ -350,6 +350,8 @@ class TargetLago(Target):
         self._checked: set[str] = set()
         self._deferred: list[tuple[LagoSink, Item]] = []
         self._subscriptions_of: dict[str, list[tuple[str, str]]] = {}
+        # (customer, wallet code) -> wallet lago_id, for wallet transactions of the run.
+        self.wallet_ids: dict[tuple[str, str], str] = {}
         self.seen_events = SeenEvents()
         self.state_held = 0
         t.cast("LineReader", self.message_reader).on_unreadable = self.reject_line

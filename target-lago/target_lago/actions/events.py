@@ -29,7 +29,6 @@ from target_lago.sinks import Item, LagoSink, StreamSetupError
 
 if t.TYPE_CHECKING:
     from target_lago.client import LagoResponse
-    from target_lago.target import TargetLago
 
 
 # Fields of tap-lago records that the API computes itself and a write must not carry.
@@ -291,43 +290,27 @@ class EventsSink(LagoSink):
     rank = 50
     self_parsed = ("timestamp", "properties")
 
-    def __init__(
-        self,
-        target: TargetLago,
-        stream_name: str,
-        schema: dict,
-        key_properties: t.Sequence[str] | None,
-    ) -> None:
-        """Create the sink; refuse a stream whose rows would get no stable transaction id.
+    def setup(self) -> None:
+        """Refuse a stream whose rows would get no stable transaction id.
 
         Raises:
             StreamSetupError: When the stream has no `transaction_id` column, no key
                 properties and no `transaction_id_columns` entry.
         """
-        super().__init__(target, stream_name, schema, key_properties)
-        named = target.transaction_id_columns(stream_name)
-        self.id_columns: list[str] = list(named if named is not None else key_properties or [])
-        declared = schema.get("properties") or {}
-        unknown = [column for column in named or [] if declared and column not in declared]
-        if unknown:
+        self.id_columns = self.identifying_columns()
+        if not self.id_columns and "transaction_id" not in (self.schema.get("properties") or {}):
+            name = self.stream_name
             msg = (
-                f"transaction_id_columns names {', '.join(unknown)} for stream "
-                f"'{stream_name}', which has no such column (it has: "
-                f"{', '.join(sorted(declared))}): fix the column names."
-            )
-            raise StreamSetupError(msg)
-        if not self.id_columns and "transaction_id" not in (schema.get("properties") or {}):
-            msg = (
-                f"Stream '{stream_name}' has no transaction_id column and no key properties, "
+                f"Stream '{name}' has no transaction_id column and no key properties, "
                 "so its rows cannot get stable transaction ids (a replay would bill them "
                 "twice). Add a transaction_id column, declare the stream's key properties "
                 "upstream, or name the columns that identify a row in the "
-                f'transaction_id_columns setting, e.g. {{"{stream_name}": ["id"]}}.'
+                f'transaction_id_columns setting, e.g. {{"{name}": ["id"]}}.'
             )
             raise StreamSetupError(msg)
         self.verify = bool(self.config.get("verify_duplicates", False))
         # One memory for every events stream of the run, kept across schema changes.
-        self._seen = target.seen_events
+        self._seen = self.lago.seen_events
 
     def build(self, record: dict) -> tuple[dict, str]:
         """Map a record to an event body.

@@ -35,7 +35,7 @@ from target_lago.mapping import (
 from target_lago.sinks import Item, OneByOneSink, StreamSetupError
 
 if t.TYPE_CHECKING:
-    from target_lago.target import TargetLago
+    pass
 
 SETTING = "allow_non_idempotent_one_off_invoices"
 METADATA_KEY = "target_lago_key"
@@ -138,32 +138,26 @@ class OneOffInvoicesSink(OneByOneSink):
     rank = 40
     self_parsed = ("fees", "units", "from_datetime", "to_datetime")
 
-    def __init__(
-        self,
-        target: TargetLago,
-        stream_name: str,
-        schema: dict,
-        key_properties: t.Sequence[str] | None,
-    ) -> None:
-        """Create the sink; refuse the stream without the opt-in or without a key.
+    def setup(self) -> None:
+        """Refuse the stream without the opt-in or without a key.
 
         Raises:
             StreamSetupError: When the opt-in setting is off or the stream has no key.
         """
-        if not target.config.get(SETTING, False):
+        if not self.config.get(SETTING, False):
             msg = (
-                f"Stream '{stream_name}' bills one-off invoices, which Lago cannot make "
+                f"Stream '{self.stream_name}' bills one-off invoices, which Lago cannot make "
                 f"idempotent (a lost response can bill twice): set {SETTING} to true to "
                 "accept that risk (see the README, one-off invoices)."
             )
             raise StreamSetupError(msg)
-        if not key_properties:
+        if not self.key_properties:
             msg = (
-                f"Stream '{stream_name}' has no key properties: a one-off invoice is tagged "
-                "with its record's key so that a replay finds it; declare the key upstream."
+                f"Stream '{self.stream_name}' has no key properties: a one-off invoice is "
+                "tagged with its record's key so that a replay finds it; declare the key "
+                "upstream."
             )
             raise StreamSetupError(msg)
-        super().__init__(target, stream_name, schema, key_properties)
 
     def build(self, record: dict) -> tuple[dict, str]:
         """Map a record to an invoice body; the key goes in `_key` (not sent)."""

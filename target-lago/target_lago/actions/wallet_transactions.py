@@ -31,7 +31,7 @@ from target_lago.mapping import (
 from target_lago.sinks import Item, OneByOneSink, StreamSetupError
 
 if t.TYPE_CHECKING:
-    from target_lago.target import TargetLago
+    pass
 
 ID_KEY = "target_lago_id"
 """Metadata key holding the record's id (Lago: keys of at most 20 characters)."""
@@ -153,32 +153,25 @@ class WalletTransactionsSink(OneByOneSink):
     rank = 40
     self_parsed = ("metadata", *CREDITS)
 
-    def __init__(
-        self,
-        target: TargetLago,
-        stream_name: str,
-        schema: dict,
-        key_properties: t.Sequence[str] | None,
-    ) -> None:
-        """Create the sink; refuse a stream whose rows would get no stable id.
+    def setup(self) -> None:
+        """Refuse a stream whose rows would get no stable id.
 
         Raises:
             StreamSetupError: When the stream has no key properties and no
                 `transaction_id_columns` entry.
         """
-        super().__init__(target, stream_name, schema, key_properties)
-        named = target.transaction_id_columns(stream_name)
-        self.id_columns: list[str] = list(named if named is not None else key_properties or [])
+        self.id_columns = self.identifying_columns()
         if not self.id_columns:
+            name = self.stream_name
             msg = (
-                f"Stream '{stream_name}' has no key properties, so its rows cannot get a "
+                f"Stream '{name}' has no key properties, so its rows cannot get a "
                 "stable id and a replayed top-up would credit twice. Declare the stream's "
                 "key properties upstream, or name the columns that identify a row in the "
-                f'transaction_id_columns setting, e.g. {{"{stream_name}": ["id"]}}.'
+                f'transaction_id_columns setting, e.g. {{"{name}": ["id"]}}.'
             )
             raise StreamSetupError(msg)
         # (customer, code) -> wallet lago_id, shared by every wallet_transactions sink.
-        self._wallet_ids: dict[tuple[str, str], str] = target.__dict__.setdefault("wallet_ids", {})
+        self._wallet_ids = self.lago.wallet_ids
 
     def build(self, record: dict) -> tuple[dict, str]:
         """Map a record to a transaction body."""
