@@ -330,3 +330,22 @@ def test_statuses_in_other_spellings_end_and_unknown_ones_are_rejected(
     assert statuses == {"s_0": "terminated", "s_1": "terminated", "s_2": "active"}
     [letter] = dead_letters(config["dead_letter_path"])
     assert letter["details"] == {"status": ["value_is_invalid"]}
+
+
+def test_a_table_of_successive_plans_replayed_schedules_no_downgrade(
+    lago: Sandbox, config: dict, tmp_path: Path
+) -> None:
+    plans = sorted(lago.dump()["plans"], key=lambda p: (p["amount_cents"], p["code"]))
+    history = [
+        {"external_id": "s_h", "external_customer_id": "acme", "plan_code": plans[0]["code"]},
+        {"external_id": "s_h", "external_customer_id": "acme", "plan_code": plans[1]["code"]},
+    ]
+    first = run_cli(tmp_path, config, subscriptions(*history))
+    assert first.returncode == 0, first.stderr
+    assert summary(first)["skipped"] == 1  # the older plan: a later row supersedes it
+    after = lago.dump()["subscriptions"]
+    assert [(s["plan_code"], s["status"]) for s in after] == [(plans[1]["code"], "active")]
+    for _ in range(2):  # replays of the whole history
+        again = run_cli(tmp_path, config, subscriptions(*history))
+        assert again.returncode == 0, again.stderr
+        assert lago.dump()["subscriptions"] == after  # no downgrade scheduled

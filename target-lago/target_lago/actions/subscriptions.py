@@ -82,6 +82,11 @@ SKIPPED_SUBSCRIPTION_STATUSES = frozenset({"incomplete"})
 STATUSES = frozenset({"active", "pending", "terminated", "canceled", "incomplete"})
 
 
+def _state(item: Item) -> str:
+    """The state a row asks for: active unless it says pending."""
+    return "pending" if item.record.get("status") == "pending" else "active"
+
+
 def normal_status(text: str) -> str:
     """A status in Lago's spelling: trimmed, lower case, "cancelled" as "canceled"."""
     status = text.strip().lower()
@@ -233,10 +238,32 @@ class SubscriptionsSink(OneByOneSink):
     def order(self, groups: list[list[Item]]) -> list[list[Item]]:
         """Send an active subscription before a pending one of the same external_id.
 
-        Rows that end a subscription keep their place.
+        Rows that end a subscription keep their place. Successive rows of one state with
+        other plans (a table holding a subscription's plans as history) come down to the
+        latest: posting an older plan after a newer one would schedule a downgrade, on
+        every replay.
         """
         ordered = []
-        for group in groups:
+        for whole in groups:
+            group: list[Item] = []
+            for item in whole:
+                earlier = group[-1] if group else None
+                if (
+                    earlier is not None
+                    and _ending(item) is None
+                    and _ending(earlier) is None
+                    and _state(earlier) == _state(item)
+                    and earlier.payload.get("plan_code") != item.payload.get("plan_code")
+                ):
+                    self.stats.add("skipped")
+                    self.logger.info(
+                        "Skipped a row of %s: a later row of the same subscription in this "
+                        "run supersedes it",
+                        group[-1].key,
+                    )
+                    group[-1] = item
+                else:
+                    group.append(item)
             writes = iter(
                 sorted(
                     (item for item in group if _ending(item) is None),
