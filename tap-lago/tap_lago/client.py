@@ -85,18 +85,8 @@ _DIGIT_MASK = bytes(0x30 if chr(i) in "0123456789." else 0x20 for i in range(256
 _LONG_NUMBER = b"0" * 17
 
 
-def parse_datetime(value: str | dt.datetime) -> dt.datetime:
-    """Parse an ISO-8601 value (``Z`` or offset) into an aware UTC datetime."""
-    if isinstance(value, dt.datetime):
-        parsed = value
-    else:
-        text = value.strip()
-        if text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"
-        parsed = dt.datetime.fromisoformat(text)
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return parsed.astimezone(dt.timezone.utc)
+#: An ISO-8601 value (``Z`` or offset) as an aware UTC datetime.
+parse_datetime = parse_setting_datetime
 
 
 def canonical(value: str | dt.datetime) -> str:
