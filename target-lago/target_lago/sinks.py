@@ -310,8 +310,12 @@ class OneByOneSink(LagoSink):
         """Send each key's records in order, different keys in parallel."""
         groups: dict[str, list[Item]] = defaultdict(list)
         for item in items:
-            groups[item.key].append(item)
+            groups[self.group_of(item)].append(item)
         self.lago.inflight.run_all(self._deliver_group, self.order(list(groups.values())))
+
+    def group_of(self, item: Item) -> str:
+        """The records sent one after another, in the order received (default: one key's)."""
+        return item.key
 
     def order(self, groups: list[list[Item]]) -> list[list[Item]]:
         """Order records within each key group (default: as received)."""

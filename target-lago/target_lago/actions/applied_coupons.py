@@ -93,6 +93,14 @@ class AppliedCouponsSink(OneByOneSink):
         key = f"coupon {payload['coupon_code']!r} of customer {payload['external_customer_id']!r}"
         return payload, key
 
+    def group_of(self, item: Item) -> str:
+        """A customer's coupons go in the order received.
+
+        Which one applies first matters when they overlap (405 `plan_overlapping` for the
+        later one).
+        """
+        return str(item.payload["external_customer_id"])
+
     def applied(self, item: Item) -> bool:
         """Whether Lago holds an application of this code to this customer (any status)."""
         query = urllib.parse.urlencode(
