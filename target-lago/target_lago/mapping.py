@@ -201,6 +201,19 @@ def _fast_iso(text: str) -> dt.datetime | None:
         return None  # e.g. February 30th: pendulum words the rejection
 
 
+def epoch_seconds(value: Any) -> float | None:
+    """Epoch seconds of an ISO-8601 text Lago returns (naive is UTC); None for anything else."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return moment.timestamp()
+
+
 def iso_moment(text: str) -> str | None:
     """An ISO-8601 date-time as UTC `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` (naive is UTC).
 

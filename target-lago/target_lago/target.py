@@ -25,7 +25,7 @@ from target_lago.actions import ACTIONS
 from target_lago.actions.events import SeenEvents
 from target_lago.client import LagoClient, LagoEndpointError, LagoError, redact_url
 from target_lago.inflight import InFlight
-from target_lago.mapping import RecordRejected
+from target_lago.mapping import RecordRejected, epoch_seconds
 from target_lago.report import DeadLetterError, RunReport
 from target_lago.sinks import Item, LagoSink, StreamSetupError
 
@@ -586,18 +586,13 @@ class TargetLago(Target):
             True when created more than 2 seconds before the response (by the
             server's clock when it sends a Date header).
         """
-        if not isinstance(created_at, str):
+        created = epoch_seconds(created_at)
+        if created is None:
             return False
-        try:
-            created = dt.datetime.fromisoformat(created_at.replace("Z", "+00:00"))
-        except ValueError:
-            return False
-        if created.tzinfo is None:
-            created = created.replace(tzinfo=dt.timezone.utc)
         now = (
             server_time if server_time is not None else dt.datetime.now(dt.timezone.utc).timestamp()
         )
-        return created.timestamp() < now - 2
+        return created < now - 2
 
     def _write_state_message(self, state: dict) -> None:
         # A STATE goes out only once every record received before it is settled: stored

@@ -11,7 +11,6 @@ sent again before the customer's new one-off invoices are searched for it.
 
 from __future__ import annotations
 
-import datetime as dt
 import decimal
 import functools
 import hashlib
@@ -26,6 +25,7 @@ from target_lago.client import LagoUnavailableError, encode
 from target_lago.mapping import (
     RecordRejected,
     decimal_text,
+    epoch_seconds,
     json_object,
     missing,
     plain,
@@ -118,15 +118,6 @@ def _fee_signature(fees: t.Iterable[Any]) -> list[tuple[str, decimal.Decimal]]:
         code = fee.get("add_on_code") or (item.get("code") if isinstance(item, Mapping) else None)
         out.append((str(code), decimal.Decimal(str(fee.get("units") or "1"))))
     return sorted(out)
-
-
-def _moment(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 class OneOffInvoicesSink(OneByOneSink):
@@ -229,7 +220,7 @@ class OneOffInvoicesSink(OneByOneSink):
         for row in rows or []:
             if not isinstance(row, dict):
                 continue
-            created = _moment(row.get("created_at"))
+            created = epoch_seconds(row.get("created_at"))
             keys = [m.get("key") for m in row.get("metadata") or [] if isinstance(m, dict)]
             if created is None or created < started - CLOCK_SLACK or METADATA_KEY in keys:
                 continue

@@ -9,7 +9,6 @@ pending one), after the events received before it have been delivered.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 import typing as t
 import urllib.parse
@@ -20,6 +19,7 @@ from target_lago.client import LagoUnavailableError, encode
 from target_lago.mapping import (
     RecordRejected,
     RecordSkipped,
+    epoch_seconds,
     missing,
     plain,
     refuse_unsendable,
@@ -173,22 +173,10 @@ def ending_payload(record: Mapping[str, Any]) -> dict:
     return payload
 
 
-def _moment(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return moment.timestamp()
-
-
 def _same_time(a: Any, b: Any) -> bool:
     if a is None or b is None:
         return a is None and b is None
-    return _moment(a) == _moment(b) is not None
+    return epoch_seconds(a) == epoch_seconds(b) is not None
 
 
 def _ending(item: Item) -> str | None:
@@ -421,7 +409,10 @@ class SubscriptionsSink(OneByOneSink):
         start = payload.get("subscription_at")
         if start is not None and not _same_time(start, sub.get("subscription_at")):
             return False
-        ended, created = _moment(payload.get("ended_at")), _moment(sub.get("created_at"))
+        ended, created = (
+            epoch_seconds(payload.get("ended_at")),
+            epoch_seconds(sub.get("created_at")),
+        )
         return ended is None or created is None or created <= ended
 
     def _end(self, item: Item, want: str) -> None:
