@@ -31,7 +31,7 @@ def sandbox(api_key: str) -> Iterator[Sandbox]:
 
 @pytest.fixture(scope="session")
 def sandbox_factory(api_key: str) -> Iterator[SandboxFactory]:
-    """``sandbox_factory(seed=None, latency_ms=0, event_store="postgres") -> Sandbox``.
+    """``sandbox_factory(seed=None, latency_ms=0, event_store="postgres", rate_limits=None)``.
 
     A fresh started sandbox, for tests that write or inject faults. Every sandbox it made
     is stopped at the end of the session.
@@ -39,9 +39,18 @@ def sandbox_factory(api_key: str) -> Iterator[SandboxFactory]:
     made: list[Sandbox] = []
 
     def factory(
-        seed: dict[str, Any] | None = None, latency_ms: int = 0, event_store: str = "postgres"
+        seed: dict[str, Any] | None = None,
+        latency_ms: int = 0,
+        event_store: str = "postgres",
+        rate_limits: Any = None,
     ) -> Sandbox:
-        running = Sandbox(api_key, seed=seed, latency_ms=latency_ms, event_store=event_store)
+        running = Sandbox(
+            api_key,
+            seed=seed,
+            latency_ms=latency_ms,
+            event_store=event_store,
+            rate_limits=rate_limits,
+        )
         running.start()
         made.append(running)
         return running

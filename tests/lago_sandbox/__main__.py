@@ -35,6 +35,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--anchor", help="the seed's today (ISO date)")
     parser.add_argument("--latency-ms", type=int, default=0, help="delay added to each request")
     parser.add_argument(
+        "--rate-limits",
+        metavar="cloud|events=N,current_usage=N,default=N",
+        help="Lago Cloud's per-organisation limits (cloud: 500/s events, 200/s current usage, "
+        "50/s the rest), or other rates per second",
+    )
+    parser.add_argument(
         "--event-store",
         choices=("postgres", "clickhouse"),
         default="postgres",
@@ -64,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_ms=args.latency_ms,
         port=args.port,
         event_store=args.event_store,
+        rate_limits=args.rate_limits,
     )
     sandbox.start()
     if sandbox.state is not None:

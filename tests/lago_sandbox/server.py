@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from tests.lago_sandbox import faults as faults_mod
+from tests.lago_sandbox import ratelimits
 from tests.lago_sandbox.store import (
     RESOURCE_DEFS,
     RESOURCES,
@@ -53,6 +54,8 @@ _STATUS_TEXT = {
 UNAUTHORIZED = {"status": 401, "error": "Unauthorized"}
 #: Statuses ``strict_wallets`` may answer with (a validating gateway: 422; Rails: 400).
 STRICT_STATUSES = (400, 422)
+#: Lago Cloud's gateway 429 (its body is not documented; the headers are what clients use).
+RATE_LIMITED = {"status": 429, "error": "Too Many Requests"}
 ROUTE_NOT_FOUND = {"status": 404, "error": "Not Found", "code": "resource_not_found"}
 
 
@@ -90,7 +93,12 @@ class SandboxState:
     """Everything one running sandbox holds: data, key, faults, request log."""
 
     def __init__(
-        self, api_key: str, options: dict[str, Any], latency_ms: int, event_store: str = "postgres"
+        self,
+        api_key: str,
+        options: dict[str, Any],
+        latency_ms: int,
+        event_store: str = "postgres",
+        rate_limits: Any = None,
     ) -> None:
         self.api_key = api_key
         self.options = options
@@ -101,7 +109,10 @@ class SandboxState:
         self.requests_lock = threading.Lock()
         self.stopping = threading.Event()
         #: Behaviour settings (README "Strict wallets"), changed by configure().
-        self.settings: dict[str, Any] = {"strict_wallets": None}
+        self.settings: dict[str, Any] = {"strict_wallets": None, "rate_limits": None}
+        #: Lago Cloud's gateway limits (README "Cloud limits"), off unless asked for.
+        self.rate_limits = ratelimits.RateLimits()
+        self.configure({"rate_limits": rate_limits})
         self.reset(None)
 
     def reset(self, overrides: dict[str, Any] | None) -> dict[str, int]:
@@ -111,12 +122,16 @@ class SandboxState:
         return self.store.load(data)
 
     def configure(self, settings: dict[str, Any]) -> dict[str, Any]:
-        """Change behaviour settings (``strict_wallets``: null, 400 or 422); returns them all."""
+        """Change behaviour settings (README "Admin endpoints"); returns them all."""
+        settings = dict(settings)
         for name, value in settings.items():
             if name not in self.settings:
                 raise ValueError(f"unknown setting {name!r} (known: {', '.join(self.settings)})")
             if name == "strict_wallets" and value not in (None, *STRICT_STATUSES):
                 raise ValueError(f"strict_wallets must be null, 400 or 422 (got {value!r})")
+        if "rate_limits" in settings:
+            settings["rate_limits"] = ratelimits.parse(settings["rate_limits"])
+            self.rate_limits.set(settings["rate_limits"])
         self.settings.update(settings)
         return dict(self.settings)
 
@@ -691,6 +706,11 @@ class SandboxHandler(BaseHTTPRequestHandler):
             return
         if state.latency_ms:
             state.stopping.wait(state.latency_ms / 1000)
+        allowed, limit_headers = state.rate_limits.take(method, raw_path)
+        if not allowed:
+            entry["status"] = 429
+            self._send(429, _dumps(RATE_LIMITED), limit_headers)
+            return
         rule = state.faults.pick(method, raw_path)
         lost = False
         if rule is not None:
@@ -731,7 +751,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self._abort()
             return
         entry["status"] = status
-        self._send(status, payload)
+        self._send(status, payload, limit_headers)
 
     def _api(self, method: str, path: str, query_string: str, body: bytes) -> tuple[int, bytes]:
         state = self.server.state
@@ -801,6 +821,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
             return 200, {"settings": state.configure(body)}
         if name == "settings" and method == "GET":
             return 200, {"settings": dict(state.settings)}
+        if name == "rate_limits" and method == "GET":
+            return 200, state.rate_limits.describe()
         if name == "requests" and method == "GET":
             with state.requests_lock:
                 return 200, {"requests": [dict(e) for e in state.requests]}
@@ -861,8 +883,10 @@ class Sandbox:
         latency_ms: int = 0,
         port: int = 0,
         event_store: str = "postgres",
+        rate_limits: Any = None,
     ) -> None:
         self.api_key = api_key
+        self.rate_limits = ratelimits.parse(rate_limits)
         self.seed = seed_options(seed)
         self.latency_ms = latency_ms
         self.event_store = event_store
@@ -887,7 +911,9 @@ class Sandbox:
         """Seed the organisation and serve it."""
         if self._server is not None:
             return self
-        self.state = SandboxState(self.api_key, self.seed, self.latency_ms, self.event_store)
+        self.state = SandboxState(
+            self.api_key, self.seed, self.latency_ms, self.event_store, self.rate_limits
+        )
         self._server = SandboxHTTPServer(self.state, self.port)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -949,6 +975,10 @@ class Sandbox:
     def configure(self, **settings: Any) -> dict[str, Any]:
         """Change behaviour settings (e.g. ``strict_wallets=422``); returns them all."""
         return self._admin("POST", "settings", settings)["settings"]
+
+    def rate_limited(self) -> dict[str, int]:
+        """How many requests each Cloud-limits bucket refused with 429 so far."""
+        return self._admin("GET", "rate_limits")["limited"]
 
     def faults(self) -> list[dict[str, Any]]:
         """The active fault rules with their fired counts."""

@@ -18,7 +18,7 @@ SMALL = {"seed": 9, "customers": 4, "events": 0}
 def test_off_by_default_and_switched_by_the_admin_setting(sandbox_factory: Any) -> None:
     sb: Sandbox = sandbox_factory(SMALL)
     assert get(sb, "/wallets").status_code == 200
-    assert sb.configure(strict_wallets=422) == {"strict_wallets": 422}
+    assert sb.configure(strict_wallets=422)["strict_wallets"] == 422
 
     refused = get(sb, "/wallets")
     assert refused.status_code == 422
@@ -48,7 +48,7 @@ def test_a_bad_setting_is_refused(sandbox_factory: Any) -> None:
         response = requests.post(f"{sb.base_url}/_sandbox/settings", json=body, timeout=10)
         assert response.status_code == 400
     assert requests.get(f"{sb.base_url}/_sandbox/settings", timeout=10).json() == {
-        "settings": {"strict_wallets": None}
+        "settings": {"strict_wallets": None, "rate_limits": None}
     }
 
 
