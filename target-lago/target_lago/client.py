@@ -25,6 +25,7 @@ from requests.adapters import HTTPAdapter
 
 from target_lago import __version__
 from target_lago.mapping import json_default
+from target_lago.pacing import Pacer, bucket_of
 
 LOGGER = logging.getLogger("target-lago")
 
@@ -299,6 +300,7 @@ class LagoClient:
         timeout: float = 60.0,
         max_retries: int = 8,
         pool_size: int = 4,
+        max_requests_per_second: float | None = None,
     ) -> None:
         """Create the client.
 
@@ -308,6 +310,8 @@ class LagoClient:
             timeout: Seconds to wait for a response (0: no limit).
             max_retries: Retries allowed per request after the first attempt.
             pool_size: Connections kept open (the number of requests in flight).
+            max_requests_per_second: Pace of event ingestion (other endpoints keep Lago
+                Cloud's proportions, see `Pacer`); None or 0: unpaced.
         """
         self.api_url = redact_url(api_url.rstrip("/"))  # for messages: no password
         self.timeout = timeout
@@ -326,6 +330,7 @@ class LagoClient:
         else:
             self._transport = _Connections(root, headers, seconds)
         self._stopped = threading.Event()
+        self.pacer = Pacer(max_requests_per_second)
 
     def stop(self) -> None:
         """Make retries still waiting give up, then close every pooled connection."""
@@ -335,14 +340,21 @@ class LagoClient:
     def _sleep(self, seconds: float) -> None:
         self._stopped.wait(seconds)
 
-    def _wait_seconds(self, attempt: int, response: _Reply | None) -> float:
-        if response is not None and response.status == 429:
-            for header in ("Retry-After", "X-RateLimit-Reset"):
-                announced = _seconds(response.headers.get(header))
-                if announced is not None:
-                    return min(self.announced_max, announced) + random.uniform(0, 0.1)
+    def pause(self, attempt: int) -> None:
+        """Wait before trying again after `attempt` failed (exponential, with jitter).
+
+        A 429's announced reset needs no pause here: its bucket is held by the pacer, so
+        the next request of that kind waits for it.
+        """
         wait = min(self.backoff_max, self.backoff_base * (2**attempt))
-        return random.uniform(wait / 2, wait)
+        self._sleep(random.uniform(wait / 2, wait))
+
+    def _announced_reset(self, response: _Reply) -> float:
+        for header in ("Retry-After", "X-RateLimit-Reset"):
+            announced = _seconds(response.headers.get(header))
+            if announced is not None:
+                return min(self.announced_max, announced) + random.uniform(0, 0.1)
+        return 1.0
 
     def post(self, path: str, body: dict | bytes) -> LagoResponse:
         """POST a JSON body (a dict, or JSON bytes), retrying transient failures.
@@ -390,6 +402,7 @@ class LagoClient:
             LagoUnavailableError: When every retry failed.
         """
         url = f"{self.api_url}{path.split('?', 1)[0]}"
+        bucket = bucket_of(method, path)
         retries = self.max_retries if max_retries is None else max_retries
         replayed = False
         last_problem = ""
@@ -398,6 +411,9 @@ class LagoClient:
             if self._stopped.is_set():
                 raise LagoError(f"{method} {url} abandoned: the run is stopping")
             response: _Reply | None = None
+            self.pacer.wait(bucket, self._sleep)
+            if self._stopped.is_set():
+                raise LagoError(f"{method} {url} abandoned: the run is stopping")
             try:
                 response = self._transport.send(method, path, data)
             except _Unreachable as exc:
@@ -430,7 +446,19 @@ class LagoClient:
                         "be the API root ending in /api/v1, e.g. https://api.getlago.com/api/v1."
                     )
                     raise LagoEndpointError(msg)
-                if status not in RETRY_STATUSES:
+                if status == 429:
+                    reset = self._announced_reset(response)
+                    if self.pacer.limited(bucket, reset):
+                        LOGGER.warning(
+                            "Lago's rate limit answered 429 to %s %s: pausing %s requests "
+                            "%.1fs and slowing down (max_requests_per_second)",
+                            method,
+                            url,
+                            bucket,
+                            reset,
+                        )
+                elif status not in RETRY_STATUSES:
+                    self.pacer.acknowledged(bucket)
                     return LagoResponse(
                         status=status,
                         content=response.content,
@@ -440,18 +468,16 @@ class LagoClient:
                         received_at=time.time(),
                     )
                 last_problem = f"HTTP {status}"
-            if attempt < retries:
-                wait = self._wait_seconds(attempt, response)
+            if attempt < retries and (response is None or response.status != 429):
                 LOGGER.warning(
-                    "%s %s failed with %s; retry %d of %d in %.2fs",
+                    "%s %s failed with %s; retry %d of %d",
                     method,
                     url,
                     last_problem,
                     attempt + 1,
                     retries,
-                    wait,
                 )
-                self._sleep(wait)
+                self.pause(attempt)
         msg = (
             f"{method} {url} still failing after {retries} retries "
             f"(last: {last_problem}). Nothing after the last STATE message is "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import typing as t
 from collections import defaultdict
 from dataclasses import dataclass
@@ -357,7 +356,7 @@ class OneByOneSink(LagoSink):
             except LagoUnavailableError:
                 if landed():
                     return None
-            time.sleep(min(client.backoff_max, client.backoff_base * 2**attempt))
+            client.pause(attempt)
         msg = f"{method} {client.api_url}{path} still failing after {client.max_retries} retries"
         raise LagoUnavailableError(msg)
 

@@ -285,8 +285,23 @@ class TargetLago(Target):
         th.Property(
             "max_in_flight",
             th.IntegerType(minimum=1),
-            default=4,
-            description="Requests to Lago in flight at once.",
+            default=64,
+            description=(
+                "Most requests to Lago in flight at once. The pace "
+                "(max_requests_per_second) keeps as many in flight as latency needs, up to "
+                "this: 64 sustains 475 requests/s up to about 130 ms of latency."
+            ),
+        ),
+        th.Property(
+            "max_requests_per_second",
+            th.NumberType(minimum=0),
+            default=475,
+            description=(
+                "Pace of event ingestion (POST /events/batch). Lago Cloud allows 500 a second "
+                "per organisation and 50 for other endpoints, which are paced at the same "
+                "share (a tenth of this). A 429 halves the pace for a while. 0: no pacing "
+                "(self-hosted Lago without a gateway limit)."
+            ),
         ),
         th.Property(
             "request_timeout",
@@ -362,7 +377,7 @@ class TargetLago(Target):
         self.report = RunReport(
             None if self.dry_run else self.config.get("dead_letter_path"), self.logger
         )
-        self.inflight = InFlight(int(self.config.get("max_in_flight", 4)), self._stop_client)
+        self.inflight = InFlight(int(self.config.get("max_in_flight", 64)), self._stop_client)
         if self.inflight.limit > 1 and not self.dry_run:
             # Workers waiting on Lago get the interpreter back within 1 ms, not 5, while
             # the reader parses records: about 10 ms less per request with 8 in flight.
@@ -415,7 +430,7 @@ class TargetLago(Target):
                 for name, action in actions.items()
                 if action not in SINKS
             )
-        if int(self.config.get("max_in_flight", 4)) < 1:
+        if int(self.config.get("max_in_flight", 64)) < 1:
             errors.append("max_in_flight must be at least 1")
         columns = self.config.get("transaction_id_columns") or {}
         if not isinstance(columns, dict) or not all(
@@ -442,6 +457,7 @@ class TargetLago(Target):
                 timeout=float(self.config.get("request_timeout", 60)),
                 max_retries=int(self.config.get("max_retries", 8)),
                 pool_size=self.inflight.limit,
+                max_requests_per_second=float(self.config.get("max_requests_per_second", 475)),
             )
         return self._client
 

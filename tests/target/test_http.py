@@ -23,9 +23,15 @@ BATCH = "/api/v1/events/batch"
 
 @pytest.fixture
 def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Every wait the client asks for, instead of sleeping."""
+    """Every wait the client asks for, instead of sleeping (the pace's gaps of a few ms aside:
+    at the default 475 requests/s they are under 25 ms)."""
     asked: list[float] = []
-    monkeypatch.setattr(LagoClient, "_sleep", lambda self, seconds: asked.append(seconds))
+
+    def sleep(self: LagoClient, seconds: float) -> None:
+        if seconds > 0.05:
+            asked.append(seconds)
+
+    monkeypatch.setattr(LagoClient, "_sleep", sleep)
     return asked
 
 
@@ -45,7 +51,7 @@ def test_rate_limited_request_waits_what_lago_asks_then_succeeds(
     run = run_target(config, events_messages(usage_rows(5, ["sub_a"], metric_code)))
     assert run.error is None
     assert len(waits) == 1
-    assert announced <= waits[0] <= announced + 0.2
+    assert announced - 0.05 <= waits[0] <= announced + 0.2
     assert [r["status"] for r in posts(lago)] == [429, 200]
     assert len(lago.dump()["events"]) == 5
 

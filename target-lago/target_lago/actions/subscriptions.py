@@ -9,7 +9,6 @@ pending one), after the events received before it have been delivered.
 
 from __future__ import annotations
 
-import time
 import typing as t
 import urllib.parse
 from collections.abc import Mapping
@@ -482,6 +481,6 @@ class SubscriptionsSink(OneByOneSink):
                         payload=item.payload,
                     )
                 return
-            time.sleep(min(client.backoff_max, client.backoff_base * 2**attempt))
+            client.pause(attempt)
         msg = f"DELETE {self._path(item)} still failing after {client.max_retries} retries"
         raise LagoUnavailableError(msg)

@@ -287,7 +287,7 @@ class WalletTransactionsSink(OneByOneSink):
             except LagoUnavailableError as exc:
                 posted = True  # it may have been applied
                 self.logger.warning("%s: %s; reading back before retrying", item.key, exc)
-                client._sleep(client._wait_seconds(attempt, None))
+                client.pause(attempt)
                 continue
             if response.ok:
                 self.stats.add("delivered")
