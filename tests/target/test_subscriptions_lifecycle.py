@@ -349,3 +349,34 @@ def test_a_table_of_successive_plans_replayed_schedules_no_downgrade(
         again = run_cli(tmp_path, config, subscriptions(*history))
         assert again.returncode == 0, again.stderr
         assert lago.dump()["subscriptions"] == after  # no downgrade scheduled
+
+
+def test_a_downgrade_listed_before_its_active_row_in_another_batch_stays_a_downgrade(
+    lago: Sandbox, config: dict, plan: dict, tmp_path: Path
+) -> None:
+    # As tap-lago lists them: the pending downgrade (naming the plan it follows) comes
+    # first, and with batch_size 1 its active row is written in a later batch.
+    dear = max(
+        lago.dump()["plans"],
+        key=lambda p: p["amount_cents"] * (1 if p["interval"] == "yearly" else 12),
+    )
+    base = {"external_id": "s_split", "external_customer_id": "acme"}
+    pending = {
+        **base,
+        "plan_code": plan["code"],
+        "status": "pending",
+        "previous_plan_code": dear["code"],
+    }
+    active = {**base, "plan_code": dear["code"], "status": "active", "next_plan_code": plan["code"]}
+    settings = {**config, "batch_size": 1}
+    proc = run_cli(tmp_path, settings, subscriptions(pending, active))
+    assert proc.returncode == 0, proc.stderr
+    rows = {s["status"]: s for s in rows_of(lago, "s_split")}
+    assert set(rows) == {"active", "pending"}
+    assert rows["active"]["plan_code"] == dear["code"]
+    assert rows["active"]["next_plan_code"] == rows["pending"]["plan_code"] == plan["code"]
+    before = lago.dump()
+    proc = run_cli(tmp_path, settings, subscriptions(pending, active))
+    assert proc.returncode == 0, proc.stderr
+    assert summary(proc)["already_present"] == 2
+    assert lago.dump() == before

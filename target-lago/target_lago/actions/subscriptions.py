@@ -260,8 +260,37 @@ class SubscriptionsSink(OneByOneSink):
             ordered.append([item if _ending(item) else next(writes) for item in group])
         return ordered
 
+    def setup(self) -> None:
+        """Keys whose rows wait until the next STATE (see `_deliver_group`)."""
+        self._held: set[str] = set()
+
     def _deliver_group(self, group: list[Item]) -> None:
-        for item in group:
+        for index, item in enumerate(group):
+            want = _ending(item)
+            if item.key in self._held and not (want is None and _state(item) == "active"):
+                self.lago.defer(self, item)  # after the held downgrade, in received order
+                continue
+            if want is not None:
+                self._end(item, want)
+                continue
+            stored = self._stored(item)
+            if self._before_its_active(item, stored):
+                # A pending downgrade read from Lago whose active row sits in a later batch
+                # of this run: posting it now would create it as the subscription, and the
+                # active row would then replace it. Its key's rows wait for the next STATE.
+                self._held.add(item.key)
+                for rest in group[index:]:
+                    self.lago.defer(self, rest)
+                return
+            if self.done(item, stored):
+                self.stats.add("already_present")
+            else:
+                self._write(item)
+
+    def deliver_deferred(self, items: list[Item]) -> None:
+        """Rows held behind a pending downgrade, once the run's active rows are in Lago."""
+        self._held.discard(items[0].key)
+        for item in items:
             want = _ending(item)
             if want is not None:
                 self._end(item, want)
@@ -269,6 +298,20 @@ class SubscriptionsSink(OneByOneSink):
                 self.stats.add("already_present")
             else:
                 self._write(item)
+
+    def _before_its_active(self, item: Item, stored: list[dict]) -> bool:
+        """Whether a row is a pending downgrade whose subscription is not live in Lago yet.
+
+        Such a row names the plan it follows (`previous_plan_code`, as Lago lists it).
+        """
+        previous = item.record.get("previous_plan_code")
+        return (
+            _state(item) == "pending"
+            and isinstance(previous, str)
+            and bool(previous)
+            and item.key not in self._held
+            and not any(s.get("status") in ENDED for s in stored)
+        )
 
     def _stored(self, item: Item) -> list[dict]:
         """The subscriptions with this row's external_id and customer, in any state."""
