@@ -5,6 +5,9 @@ everything else, and answers 429 with ``X-RateLimit-Reset`` above that. The pace
 requests evenly below a rate, so a run keeps as many requests in flight as latency needs
 without tripping the limit; a 429 (another client sharing the budget) halves the pace and
 holds every request of that bucket until the reset, and the pace then climbs back.
+
+tap-lago and target-lago install separately, so each carries this module; the two copies
+are kept identical (a test compares them).
 """
 
 from __future__ import annotations
@@ -40,9 +43,9 @@ class _Lane:
 class Pacer:
     """Spaces requests per bucket; thread-safe.
 
-    ``events_rate`` is the pace of event ingestion; the other buckets keep Lago Cloud's
-    proportions to it (current usage 0.4 of it, everything else 0.1). None or 0: no
-    pacing, only the pauses a 429 asks for.
+    ``rate`` is the pace of the ``reference`` bucket; the other buckets keep Lago Cloud's
+    proportions to it (with events as the reference: current usage 0.4 of it, everything
+    else 0.1). None or 0: no pacing, only the pauses a 429 asks for.
     """
 
     #: Pace kept after a 429, as a share of the pace before it.
@@ -52,8 +55,8 @@ class Pacer:
     #: Times a request goes back for a later slot because a hold began while it waited.
     rechecks = 3
 
-    def __init__(self, events_rate: float | None) -> None:
-        scale = (events_rate or 0) / CLOUD_LIMITS["events"]
+    def __init__(self, rate: float | None, reference: str = "events") -> None:
+        scale = (rate or 0) / CLOUD_LIMITS[reference]
         self._lanes = {
             name: _Lane(limit * scale if scale > 0 else None)
             for name, limit in CLOUD_LIMITS.items()
