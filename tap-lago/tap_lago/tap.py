@@ -10,7 +10,6 @@ from singer_sdk import Tap
 from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError
 
-from tap_lago.client import LagoSession, RateLimitGate
 from tap_lago.preflight import (
     config_errors,
     config_warnings,
@@ -19,6 +18,7 @@ from tap_lago.preflight import (
 )
 from tap_lago.progress import Progress
 from tap_lago.streams import STREAM_TYPES, LagoStream
+from tap_lago.transport import LagoSession, RateLimitGate
 from tap_lago.writer import LagoMessageWriter
 
 if t.TYPE_CHECKING:
