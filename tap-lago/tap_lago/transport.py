@@ -237,15 +237,17 @@ class TransportStream(RESTStream[int]):
                 # e.g. customer_not_found: an object the request names is gone.
                 msg = f"{self.name}: HTTP {status} for {where}: {body}"
                 raise ParentGoneError(msg)
-            msg = (
-                f"{self.name}: HTTP 404 for {where}: no Lago API list there. Check api_url: "
-                f"the root of the Lago API, ending in /api/v1 ({INSTANCES})."
-            )
+            hint = self.not_found_hint()
+            msg = f"{self.name}: HTTP 404 for {where}: no Lago API list there. {hint}."
             raise FatalAPIError(msg)
         msg = f"{self.name}: HTTP {status} {response.reason} for {where}: {body}"
         if status in {HTTPStatus.BAD_REQUEST, HTTPStatus.UNPROCESSABLE_ENTITY}:
             raise ListRefusedError(msg)
         raise FatalAPIError(msg)
+
+    def not_found_hint(self) -> str:
+        """What to check when the API has no list at the URL (404 ``resource_not_found``)."""
+        return f"Check api_url: the root of the Lago API, ending in /api/v1 ({INSTANCES})"
 
     @staticmethod
     def _safe_url(response: requests.Response) -> str:
