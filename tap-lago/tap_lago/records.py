@@ -8,9 +8,10 @@ to each record the API returns (through the SDK's ``post_process`` hook):
   same digits. A string that is not a finite decimal number becomes ``null`` and is kept,
   as sent, under its name in ``_unknown_fields``; the field is logged once per run.
 - **Unknown fields.** Top-level fields the schema does not declare (a newer Lago) move to
-  the ``_unknown_fields`` object. Nested objects keep theirs in place (their schemas allow
-  additional properties). Each new field is logged once per run (nested ones by path,
-  e.g. ``billing_configuration.new_flag``).
+  the ``_unknown_fields`` object, unless the schema is open (``additionalProperties:
+  true``, an extra stream's): then they stay in place. Nested objects keep theirs in place
+  (their schemas allow additional properties). Each new field is logged once per run
+  (nested ones by path, e.g. ``billing_configuration.new_flag``).
 - **Keys.** A key field (primary or replication key) must not be null. Where the stream
   names a stand-in (events: ``external_subscription_id`` -> ``""``), a null becomes it;
   otherwise the record is skipped, logged once and counted (e.g. a fee without
@@ -59,6 +60,8 @@ class RecordShaper:
         self.stream = stream
         self.logger = logger
         self.declared = frozenset(properties)
+        #: An open schema (``additionalProperties: true``) keeps undeclared fields in place.
+        self.open = schema.get("additionalProperties") is True
         self.decimals = tuple(
             name
             for name, prop in properties.items()
@@ -75,7 +78,7 @@ class RecordShaper:
     def shape(self, record: dict[str, t.Any]) -> dict[str, t.Any] | None:
         """The record to emit (changed in place), or None to skip it."""
         unknown: dict[str, t.Any] | None = None
-        if not self.declared.issuperset(record):
+        if not self.open and not self.declared.issuperset(record):
             extra = record.keys() - self.declared
             unknown = {name: record.pop(name) for name in sorted(extra)}
             self._report_new(extra, f"in {UNKNOWN_FIELDS}")

@@ -23,7 +23,8 @@ Replication at a glance (endpoint; primary key; method and key):
 Every FULL_TABLE stream emits ACTIVATE_VERSION (setting ``emit_activate_version_messages``),
 so loaders that support it remove rows that disappeared from Lago.
 
-``STREAM_TYPES`` (end of file) is the table the tap registers.
+``STREAM_TYPES`` (end of file) is the table the tap registers; the ``extra_streams``
+setting adds streams of its own (:mod:`tap_lago.extra_streams`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from singer_sdk import Tap
 from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError
 
-from tap_lago.client import LagoSession, RateLimitGate
+from tap_lago.extra_streams import extra_stream_class, parse_extra_streams
 from tap_lago.preflight import (
     config_errors,
     config_warnings,
@@ -19,6 +19,7 @@ from tap_lago.preflight import (
 )
 from tap_lago.progress import Progress
 from tap_lago.streams import STREAM_TYPES, LagoStream
+from tap_lago.transport import LagoSession, RateLimitGate
 from tap_lago.writer import LagoMessageWriter
 
 if t.TYPE_CHECKING:
@@ -148,13 +149,75 @@ class TapLago(Tap):
                 "rows Lago no longer lists."
             ),
         ),
+        th.Property(
+            "extra_streams",
+            th.ArrayType(
+                th.ObjectType(
+                    th.Property(
+                        "name",
+                        th.StringType,
+                        description="Stream name: letters, digits and _, not a tap-lago stream's.",
+                    ),
+                    th.Property(
+                        "path",
+                        th.StringType,
+                        description=(
+                            "Path of the list after api_url, e.g. /customers/{external_id}/"
+                            "invoices; each {placeholder} names a field of the parent's records."
+                        ),
+                    ),
+                    th.Property(
+                        "records_key",
+                        th.StringType,
+                        description="Key of the list in the response body, e.g. invoices.",
+                    ),
+                    th.Property(
+                        "primary_keys",
+                        th.ArrayType(th.StringType),
+                        description='Fields that identify a record, e.g. ["lago_id"].',
+                    ),
+                    th.Property(
+                        "parent_stream",
+                        th.StringType,
+                        description=(
+                            "A tap-lago stream, or an extra stream defined earlier, whose "
+                            "records fill the path's {placeholders}: the list is read once "
+                            "per parent record."
+                        ),
+                    ),
+                    th.Property(
+                        "params",
+                        th.ObjectType(additional_properties=True),
+                        description='Fixed query parameters, e.g. {"status": "finalized"}.',
+                    ),
+                    th.Property(
+                        "replication_key",
+                        th.StringType,
+                        description=(
+                            "A date-time field (e.g. updated_at): records before the bookmark "
+                            "are dropped after reading (the whole list is read). Leave out "
+                            "for a full table."
+                        ),
+                    ),
+                )
+            ),
+            title="Extra streams",
+            description=(
+                "Lago API lists tap-lago does not declare, read as streams with the same "
+                "paging, retries, rate limits and dedupe. Each entry needs name, path, "
+                "records_key and primary_keys; parent_stream, params and replication_key "
+                "are optional. The schema declares the key fields and allows any other."
+            ),
+        ),
     ).to_dict()
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         """Create the tap and check every setting: one line per invalid one."""
+        self.extra_stream_errors: list[str] = []
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         install_secret_filter(str(self.config.get("api_key") or ""))
-        if errors := config_errors(self.config):
+        _ = self.streams  # discovery checks extra_streams
+        if errors := [*config_errors(self.config), *self.extra_stream_errors]:
             msg = "Config validation failed"
             raise ConfigValidationError(msg, errors=errors)
         for warning in config_warnings(self.config):
@@ -207,8 +270,15 @@ class TapLago(Tap):
         return RateLimitGate()
 
     def discover_streams(self) -> list[LagoStream]:
-        """One stream per entry of ``STREAM_TYPES``."""
-        return [stream_class(tap=self) for stream_class in STREAM_TYPES]
+        """One stream per entry of ``STREAM_TYPES``, then one per valid ``extra_streams`` entry.
+
+        Invalid entries are kept in ``extra_stream_errors`` (reported at start-up).
+        """
+        declared = [stream_class(tap=self) for stream_class in STREAM_TYPES]
+        specs, self.extra_stream_errors = parse_extra_streams(
+            self.config.get("extra_streams"), {stream.name: stream for stream in declared}
+        )
+        return [*declared, *(extra_stream_class(spec)(tap=self) for spec in specs)]
 
 
 if __name__ == "__main__":

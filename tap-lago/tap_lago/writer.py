@@ -15,7 +15,6 @@ import sys
 import typing as t
 
 import orjson
-from singer_sdk.helpers._typing import is_object_type, is_uniform_list
 from singer_sdk.singerlib import RecordMessage
 from singer_sdk.singerlib.encoding import SimpleSingerWriter
 from singer_sdk.singerlib.json import serialize_json
@@ -142,6 +141,29 @@ def _value_check(schema: dict[str, t.Any]) -> t.Callable[[t.Any], bool] | None:
         nested = conformance_check(schema)
         return lambda value: not isinstance(value, dict) or nested(value)
     return None
+
+
+def is_object_type(schema: dict[str, t.Any]) -> bool:
+    """Whether a property schema admits an object (as the SDK's conformance reads it)."""
+    kinds = schema.get("anyOf", [schema.get("type")])
+    return any(kind == "object" or "object" in (kind or ()) for kind in kinds)
+
+
+def is_uniform_list(schema: dict[str, t.Any]) -> bool:
+    """Whether a property schema is an array with one item schema (not a tuple)."""
+    return (
+        _admits_array(schema)
+        and isinstance(schema.get("items"), dict)
+        and "prefixItems" not in schema
+    )
+
+
+def _admits_array(schema: dict[str, t.Any]) -> bool:
+    if "anyOf" in schema:
+        return any(_admits_array(option) for option in schema["anyOf"])
+    if "allOf" in schema:
+        return all(_admits_array(option) for option in schema["allOf"])
+    return "array" in (schema.get("type") or ())
 
 
 def _is_boolean_only(schema: dict[str, t.Any]) -> bool:

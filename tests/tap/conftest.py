@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from tap_lago import client
+from tap_lago import transport
 from tap_lago.tap import TapLago
 
 #: The stream each record list of ``/_sandbox/dump`` maps to, and the API's list scope.
@@ -93,5 +93,5 @@ def tap_config(sandbox: Any, **overrides: Any) -> dict[str, Any]:
 @pytest.fixture(autouse=True)
 def _fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep exponential backoff waits in tests to tens of milliseconds."""
-    monkeypatch.setattr(client, "BACKOFF_BASE_SECONDS", 0.02)
-    monkeypatch.setattr(client, "BACKOFF_CAP_SECONDS", 0.2)
+    monkeypatch.setattr(transport, "BACKOFF_BASE_SECONDS", 0.02)
+    monkeypatch.setattr(transport, "BACKOFF_CAP_SECONDS", 0.2)

@@ -15,7 +15,7 @@ import requests
 from singer_sdk.exceptions import RetriableAPIError
 from singer_sdk.singerlib import RecordMessage
 from singer_sdk.singerlib.encoding import SimpleSingerWriter
-from tap_lago import client
+from tap_lago import client, paging
 from tap_lago.writer import LagoMessageWriter
 
 from tests.tap.conftest import SyncResult, run_tap, tap_config
@@ -98,7 +98,7 @@ def test_page_ahead_keeps_going_past_a_stale_total_pages(
 ) -> None:
     """``total_pages`` only bounds the fetch-ahead; ``next_page`` decides where the walk ends."""
     sb = sandbox_factory(seed=SEED, latency_ms=30)  # slow enough for page-ahead to start
-    real_meta = client.response_meta
+    real_meta = paging.response_meta
 
     def understated(response: Any) -> dict[str, Any]:
         meta = dict(real_meta(response))
@@ -106,7 +106,7 @@ def test_page_ahead_keeps_going_past_a_stale_total_pages(
             meta["total_pages"] = 1  # as if the count were cached from long ago
         return meta
 
-    monkeypatch.setattr(client, "response_meta", understated)
+    monkeypatch.setattr(paging, "response_meta", understated)
     result = run_tap(tap_config(sb, page_size=25, max_concurrency=4), streams={"events"})
     assert len(result.records["events"]) == len(sb.dump()["events"])
 
@@ -168,7 +168,7 @@ def test_a_429_pauses_the_other_workers(
     )
     starts: list[float] = []
     limited_at: list[float] = []
-    real_request = client.LagoStream._request
+    real_request = client.LagoStream._send
 
     def request(self: Any, prepared: Any, context: Any) -> Any:
         starts.append(time.monotonic())
@@ -179,7 +179,7 @@ def test_a_429_pauses_the_other_workers(
                 limited_at.append(time.monotonic())
             raise
 
-    monkeypatch.setattr(client.LagoStream, "_request", request)
+    monkeypatch.setattr(client.LagoStream, "_send", request)
     result = run_tap(tap_config(sb, max_concurrency=workers, page_size=10), streams={"events"})
     sb.set_faults([])
 
@@ -217,7 +217,7 @@ def test_rows_inserted_while_paging_are_not_lost(
     )
     inserted: list[str] = []
     lock = threading.Lock()
-    real_request = client.LagoStream._request
+    real_request = client.LagoStream._send
 
     def request(self: Any, prepared: Any, context: Any) -> Any:
         response = real_request(self, prepared, context)
@@ -228,7 +228,7 @@ def test_rows_inserted_while_paging_are_not_lost(
                     inserted.extend(c["lago_id"] for c in sb.upsert("customers", new))
         return response
 
-    monkeypatch.setattr(client.LagoStream, "_request", request)
+    monkeypatch.setattr(client.LagoStream, "_send", request)
     result = run_tap(tap_config(sb, page_size=5, max_concurrency=4), streams={"customers"})
     sb.set_faults([])
 

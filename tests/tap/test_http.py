@@ -100,8 +100,8 @@ def test_server_errors_back_off_exponentially_with_jitter(
 ) -> None:
     sb = sandbox_factory(seed=SMALL_SEED)
     sb.set_faults([{"path": "/api/v1/taxes", "fault": "error", "status": 503, "count": 4}])
-    monkeypatch.setattr("tap_lago.client.BACKOFF_BASE_SECONDS", 1.0)
-    monkeypatch.setattr("tap_lago.client.BACKOFF_CAP_SECONDS", 60.0)
+    monkeypatch.setattr("tap_lago.transport.BACKOFF_BASE_SECONDS", 1.0)
+    monkeypatch.setattr("tap_lago.transport.BACKOFF_CAP_SECONDS", 60.0)
     sleeps = _recorded_sleeps(monkeypatch)
     run_tap(tap_config(sb), streams={"taxes"})
     assert len(sleeps) == 4

@@ -1,0 +1,410 @@
+"""Walking Lago's paged lists: one page at a time, or pages fetched ahead.
+
+Pages are numbered (``page``, ``per_page``) and the walk follows ``meta.next_page``.
+:class:`PagingStream` builds each page's request through the SDK's public
+``get_http_request`` hook, walks the list serially or with pages requested ahead
+(``max_concurrency``), and starts the first request of each child stream as soon as a
+page of parents is read.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+import time
+import typing as t
+from concurrent.futures import Future, ThreadPoolExecutor
+from urllib.parse import quote
+
+from singer_sdk.pagination import BaseAPIPaginator, SinglePagePaginator
+from singer_sdk.streams.rest import PageContext
+
+from tap_lago.parsing import response_body, response_meta
+from tap_lago.transport import TransportStream
+
+if t.TYPE_CHECKING:
+    from collections.abc import Generator, Iterable
+
+    import requests
+    from singer_sdk.helpers.types import Context
+
+#: Page-ahead starts with none: a page is read on the emitting thread until one took
+#: longer than this (and than emitting the previous page) to arrive. Against a fast API,
+#: threads cost more (handoffs, GIL contention) than the wait they would hide.
+PAGE_AHEAD_AFTER_SECONDS = 0.01
+#: Pages in a row already there when wanted before one fewer is requested ahead.
+PAGE_AHEAD_SHRINK_AFTER = 8
+
+
+class LagoPaginator(BaseAPIPaginator[int]):
+    """Page numbers from ``meta.next_page``; stops when it is null (or the page is empty).
+
+    ``total_pages`` only tells how far ahead pages may be fetched concurrently; the walk
+    itself follows ``next_page`` (Lago caches counts of some lists for 30 minutes).
+    """
+
+    def __init__(self, page: int = 1) -> None:
+        """Start at ``page``."""
+        super().__init__(page)
+
+    def has_more(self, response: requests.Response) -> bool:  # noqa: D102
+        return self.get_next(response) is not None
+
+    def get_next(self, response: requests.Response) -> int | None:  # noqa: D102
+        next_page = response_meta(response).get("next_page")
+        return int(next_page) if next_page else None
+
+
+class _Abandoned(Exception):
+    """A page fetch given up because its walk ended first (not retried)."""
+
+
+Send = t.Callable[["requests.PreparedRequest", "Context | None"], "requests.Response"]
+
+
+class PagingStream(TransportStream):
+    """Requests a stream's pages and parses their records."""
+
+    #: Wrapper key of the list in the response body (default: the stream's name).
+    records_key: str | None = None
+    #: Fixed query parameters (e.g. ``status[]`` for subscriptions).
+    extra_params: t.ClassVar[dict[str, t.Any]] = {}
+    #: False for single-object endpoints.
+    paginated = True
+    #: Whether pages may be fetched ahead concurrently (``max_concurrency``).
+    page_ahead = True
+
+    _prefetched: dict[str, Future[t.Any]] | None = None
+    _prefetch_pool: ThreadPoolExecutor | None = None
+
+    @property
+    def records_jsonpath(self) -> str:
+        """Records live under the plural wrapper key."""
+        return f"$.{self.records_key or self.name}[*]"
+
+    @property
+    def max_concurrency(self) -> int:
+        """Requests of one list in flight at once (setting ``max_concurrency``)."""
+        return max(1, int(self.config.get("max_concurrency", 4)))
+
+    def get_url(self, context: Context | None) -> str:
+        """Fill ``{placeholders}`` in ``path`` from the context, URL-quoted."""
+        url = self.url_base + (self.path or "")
+        for key, value in (context or {}).items():
+            url = url.replace(f"{{{key}}}", quote(str(value), safe=""))
+        return url
+
+    def get_new_paginator(self) -> BaseAPIPaginator[t.Any] | None:
+        """Page-number pagination driven by ``meta.next_page``."""
+        return LagoPaginator() if self.paginated else None
+
+    def get_url_params(self, context: Context | None, next_page_token: int | None) -> dict:
+        """Paging parameters plus the stream's filters."""
+        params: dict[str, t.Any] = dict(self.extra_params)
+        if self.paginated:
+            params["page"] = next_page_token or 1
+            params["per_page"] = int(self.config.get("page_size", 100))
+        params.update(self.filter_params(context))
+        return params
+
+    def filter_params(self, context: Context | None) -> dict[str, t.Any]:
+        """Server-side filters for this stream (override)."""
+        return {}
+
+    def parse_response(self, response: requests.Response) -> Iterable[dict[str, t.Any]]:
+        """Records under the wrapper key (a single object for single-object endpoints)."""
+        body = response_body(response)
+        records = body.get(self.records_key or self.name) if isinstance(body, dict) else None
+        if isinstance(records, dict):
+            return [records]
+        records = records if isinstance(records, list) else []
+        if records and self.parent_stream_type is None and self.max_concurrency > 1:
+            self._prefetch_children(records)
+        return records
+
+    def prepare_page(self, context: Context | None, token: t.Any) -> requests.PreparedRequest:
+        """The request of one page, from the public ``get_http_request`` hook."""
+        request = self.get_http_request(
+            page=PageContext(stream_context=context, next_page_token=token)
+        )
+        body_key = "json" if self.payload_as_json else "data"
+        return self.build_prepared_request(
+            method=request.method,
+            url=request.url,
+            params=request.encode_params(),
+            headers=request.headers,
+            **{body_key: request.data},
+        )
+
+    def calculate_sync_cost(
+        self,
+        request: requests.PreparedRequest,
+        response: requests.Response,
+        context: Context | None,
+    ) -> dict[str, int]:
+        """Count a page read (called once per response used) and log progress now and then."""
+        progress = self.progress
+        if self.paginated:
+            # A child stream walks one list per parent: its pages are counted, not totalled.
+            total = response_meta(response).get("total_pages") if context is None else None
+            progress.page(total)
+        progress.maybe_log(self.logger)
+        return {}
+
+    # The walk --------------------------------------------------------------------------
+
+    def request_records(self, context: Context | None) -> Iterable[dict[str, t.Any]]:
+        """Records of every page, in page order; pages fetched ahead when allowed.
+
+        With ``max_concurrency`` 1 (or a stream that may not page ahead) one request at
+        a time, as the SDK's own loop does.
+        """
+        if self.paginated and self.page_ahead and self.max_concurrency > 1:
+            return self._request_pages_ahead(context, self.max_concurrency)
+        return self._request_pages(context)
+
+    def _attempt(
+        self, prepared_request: requests.PreparedRequest, context: Context | None
+    ) -> requests.Response:
+        """The prefetched response for this request if there is one, else one attempt.
+
+        A prefetched request that failed in any way is simply asked again here, so retries
+        and errors are exactly those of a request made now.
+        """
+        if self._prefetched:
+            future = self._prefetched.pop(str(prepared_request.url), None)
+            if future is not None:
+                with contextlib.suppress(Exception):  # a failed one is asked again below
+                    return t.cast("requests.Response", future.result())
+        return self._send(prepared_request, context)
+
+    def _request_pages(self, context: Context | None) -> Generator[dict[str, t.Any], None, None]:
+        """Walk the list one page at a time (the SDK's loop, through public hooks)."""
+        paginator = self.get_new_paginator() or SinglePagePaginator()
+        send = self.request_decorator(self._attempt)
+        pages = 0
+        with self.get_http_request_counter() as counter:
+            counter.with_context(context)
+            while not paginator.finished:
+                prepared = self.prepare_page(context, paginator.current_value)
+                response = send(prepared, context)
+                counter.increment()
+                self.update_sync_costs(prepared, response, context)
+                records = iter(self.parse_response(response))
+                try:
+                    first = next(records)
+                except StopIteration:
+                    if paginator.continue_if_empty(response):
+                        paginator.advance(response)
+                        continue
+                    self.log(
+                        "Pagination stopped after %d pages because no records were "
+                        "found in the last response",
+                        pages,
+                    )
+                    break
+                yield first
+                yield from records
+                pages += 1
+                paginator.advance(response)
+
+    def _request_pages_ahead(
+        self, context: Context | None, workers: int
+    ) -> Generator[dict[str, t.Any], None, None]:
+        """Walk a list with up to ``workers`` page requests in flight.
+
+        Page 1 is read first; its ``total_pages`` (and each later ``next_page``) tells how
+        far ahead pages may be requested: from none (each page read in turn on this
+        thread) up to ``2 * workers - 1`` pages beyond the one being emitted, as
+        :meth:`_adapt_ahead` decides from how long each page was waited for. Each request
+        is retried as any other (backoff, ``validate_response``). Records come out in page
+        order, and the walk ends, as the serial one does, at the first page without
+        ``next_page`` or without records.
+
+        A page read before its predecessor could miss a row pushed across their boundary
+        by an insert in between, so each page's ``total_count`` is compared with its
+        predecessor's: when it differs, the list changed between the two reads and the
+        page is read again, after its predecessor, as a serial walk would have read it.
+        """
+        gate = self.rate_limit_gate
+        abort = threading.Event()
+
+        def attempt_ahead(
+            prepared: requests.PreparedRequest, context: Context | None
+        ) -> requests.Response:
+            if abort.is_set():  # the walk ended: give up, even between retries
+                raise _Abandoned
+            return self._attempt(prepared, context)
+
+        send_here = self.request_decorator(self._attempt)
+        send_ahead = self.request_decorator(attempt_ahead)
+        paginator = t.cast("LagoPaginator", self.get_new_paginator())
+        pending: collections.deque[tuple[int, requests.PreparedRequest, Future[t.Any]]]
+        pending = collections.deque()
+        pool: ThreadPoolExecutor | None = None
+
+        def fetch(prepared: requests.PreparedRequest, send: Send = send_here) -> requests.Response:
+            gate.wait(abort)
+            response = send(prepared, context)
+            response_body(response)  # parsed in the worker, off the emitting thread
+            return response
+
+        def fetch_ahead(prepared: requests.PreparedRequest) -> requests.Response:
+            if abort.is_set():
+                raise _Abandoned
+            return fetch(prepared, send_ahead)
+
+        with self.get_http_request_counter() as counter:
+            counter.with_context(context)
+            try:
+                page, prepared = 1, self.prepare_page(context, 1)
+                started = time.perf_counter()
+                response = fetch(prepared)
+                next_to_request, horizon, last_count = 2, 1, None
+                emitted_at = time.perf_counter()
+                ahead, ready_streak = self._adapt_ahead(0, 0, workers, 0.0, emitted_at - started)
+                while True:
+                    counter.increment()
+                    self.update_sync_costs(prepared, response, context)
+                    count = response_meta(response).get("total_count")
+                    if page > 1 and count != last_count:
+                        self.logger.info(
+                            "%s: the list changed while paging (total_count %s, then %s); "
+                            "reading page %d again",
+                            self.name,
+                            last_count,
+                            count,
+                            page,
+                        )
+                        prepared = self.prepare_page(context, page)
+                        response = fetch(prepared)
+                        counter.increment()
+                        self.update_sync_costs(prepared, response, context)
+                        count = response_meta(response).get("total_count")
+                    last_count = count
+                    records = self.parse_response(response)
+                    if not records:
+                        break
+                    yield from records
+                    paginator.advance(response)
+                    if paginator.finished:
+                        break
+                    following = paginator.current_value
+                    if following != page + 1:  # not the next page: drop what was fetched
+                        self._drop(pending)
+                        next_to_request = following
+                    page = following
+                    meta = response_meta(response)
+                    horizon = max(horizon, page, int(meta.get("total_pages") or 0))
+                    waited = time.perf_counter()
+                    if not pending and not ahead:
+                        # Nothing ahead: read the page here, with no thread handoff.
+                        prepared = self.prepare_page(context, page)
+                        response = fetch(prepared)
+                        next_to_request = page + 1
+                    else:
+                        while len(pending) <= ahead and next_to_request <= horizon:
+                            if pool is None:
+                                pool = ThreadPoolExecutor(workers, f"tap-lago-{self.name}")
+                            upcoming = self.prepare_page(context, next_to_request)
+                            pending.append(
+                                (next_to_request, upcoming, pool.submit(fetch_ahead, upcoming))
+                            )
+                            next_to_request += 1
+                        number, prepared, future = pending.popleft()
+                        if number != page:  # pragma: no cover - the window starts at page
+                            msg = f"{self.name}: page {number} fetched where {page} was expected"
+                            raise RuntimeError(msg)
+                        response = future.result()
+                    now = time.perf_counter()
+                    ahead, ready_streak = self._adapt_ahead(
+                        ahead, ready_streak, workers, waited - emitted_at, now - waited
+                    )
+                    emitted_at = now
+            finally:
+                abort.set()
+                self._drop(pending)
+                if pool is not None:
+                    pool.shutdown(wait=False, cancel_futures=True)
+
+    @staticmethod
+    def _adapt_ahead(
+        ahead: int,
+        ready_streak: int,
+        workers: int,
+        busy: float,
+        wait: float,
+    ) -> tuple[int, int]:
+        """How many pages to request beyond the next one, after waiting for a page.
+
+        ``busy`` seconds were spent emitting the previous page, ``wait`` seconds waiting
+        for this one. With nothing ahead, the window opens only when the
+        wait was longer than both the emitting and :data:`PAGE_AHEAD_AFTER_SECONDS` (a
+        fast API is read inline: threads would only add handoffs and GIL contention).
+        Otherwise it doubles when waiting took longer than emitting (the API is the
+        bottleneck) and shrinks by one after a run of pages that were already there.
+        """
+        if wait > busy and (ahead or wait > PAGE_AHEAD_AFTER_SECONDS):
+            return min(2 * workers - 1, max(1, 2 * ahead)), 0
+        if not ahead:
+            return 0, 0
+        ready_streak += 1
+        if ready_streak >= PAGE_AHEAD_SHRINK_AFTER:
+            return ahead - 1, 0
+        return ahead, ready_streak
+
+    @staticmethod
+    def _drop(pending: collections.deque[tuple[int, t.Any, Future[t.Any]]]) -> None:
+        """Cancel page requests no longer wanted (those running finish in the background)."""
+        while pending:
+            pending.popleft()[2].cancel()
+
+    # Child requests ahead -------------------------------------------------------------
+
+    def _prefetch_children(self, records: list[dict[str, t.Any]]) -> None:
+        """Start the first request of each selected child stream for a page of parents.
+
+        The SDK syncs a parent's children one parent record at a time; their requests are
+        started here, ``max_concurrency`` at a time, as soon as the parent page is read,
+        and each child sync then takes its response (see :meth:`_attempt`).
+        """
+        children = [
+            t.cast("PagingStream", child)
+            for child in self.child_streams
+            if child.selected or child.has_selected_descendents
+        ]
+        if not children:
+            return
+        for record in records:
+            for context in self.generate_child_contexts(record, None):
+                if context:
+                    for child in children:
+                        child.prefetch(dict(context))
+
+    def prefetch(self, context: Context) -> None:
+        """Start this (child) stream's first request for ``context`` in the background."""
+        prepared = self.prepare_page(context, 1)
+        url = str(prepared.url)
+        if self._prefetched is None:
+            self._prefetched = {}
+        if url in self._prefetched:
+            return
+        if self._prefetch_pool is None:
+            self._prefetch_pool = ThreadPoolExecutor(self.max_concurrency, f"tap-lago-{self.name}")
+        send = self.request_decorator(self._send)
+        gate = self.rate_limit_gate
+
+        def fetch() -> requests.Response:
+            gate.wait()
+            response = send(prepared, context)
+            response_body(response)
+            return response
+
+        self._prefetched[url] = self._prefetch_pool.submit(fetch)
+
+    def drop_prefetched(self) -> None:
+        """Forget prefetched requests no child sync took (e.g. filtered parents)."""
+        for future in (self._prefetched or {}).values():
+            future.cancel()
+        self._prefetched = None
