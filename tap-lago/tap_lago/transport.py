@@ -28,6 +28,7 @@ from singer_sdk.exceptions import (
     RetriableAPIError,
 )
 
+from tap_lago.pacing import Pacer, bucket_of
 from tap_lago.parsing import error_code
 from tap_lago.preflight import API_ERRORS, INSTANCES, connection_error
 from tap_lago.progress import Progress, StreamProgress
@@ -62,6 +63,10 @@ _EXPECTED_STOPS = (
     AbortedSyncFailedException,
     AbortedSyncPausedException,
 )
+
+
+#: The pace of a stream whose tap keeps none.
+UNPACED = Pacer(None)
 
 
 class LagoSession(requests.Session):
@@ -142,6 +147,12 @@ class TransportStream(RESTStream[int]):
         return session if isinstance(session, requests.Session) else super().requests_session
 
     @property
+    def pacer(self) -> Pacer:
+        """The tap's shared pace (``max_requests_per_second``; none under another tap)."""
+        pacer = getattr(self._tap, "pacer", None)
+        return pacer if isinstance(pacer, Pacer) else UNPACED
+
+    @property
     def rate_limit_gate(self) -> RateLimitGate:
         """The tap's shared 429 pause."""
         gate = getattr(self._tap, "rate_limit_gate", None)
@@ -184,6 +195,8 @@ class TransportStream(RESTStream[int]):
         (DNS, refused, TLS) fails at once, in one line.
         """
         progress = self.progress
+        bucket = bucket_of(str(prepared_request.method), str(prepared_request.url))
+        self.pacer.wait(bucket, time.sleep)
         try:
             response = self.requests_session.send(
                 self.authenticator(prepared_request),
@@ -197,6 +210,8 @@ class TransportStream(RESTStream[int]):
             wait = self._rate_limit_seconds(exc)
             if wait:
                 self.rate_limit_gate.pause(wait)
+            if limited:
+                self.pacer.limited(bucket, wait or 1.0)
             raise
         except requests.ConnectionError as exc:
             progress.count_request()
@@ -208,6 +223,7 @@ class TransportStream(RESTStream[int]):
             progress.count_request()
             raise
         progress.count_request()
+        self.pacer.acknowledged(bucket)
         return response
 
     # Errors ---------------------------------------------------------------------------

@@ -21,11 +21,11 @@ CLOUD_LIMITS = {"events": 500.0, "current_usage": 200.0, "default": 50.0}
 
 
 def bucket_of(method: str, path: str) -> str:
-    """The Lago Cloud bucket of a request (``path`` below ``/api/v1``, query allowed)."""
+    """The Lago Cloud bucket of a request (its path or URL, query allowed)."""
     route = path.split("?", 1)[0].rstrip("/")
-    if method == "POST" and route in ("/events", "/events/batch"):
+    if method == "POST" and route.endswith(("/events", "/events/batch")):
         return "events"
-    if method == "GET" and route.startswith("/customers/") and route.endswith("/current_usage"):
+    if method == "GET" and "/customers/" in route and route.endswith("/current_usage"):
         return "current_usage"
     return "default"
 

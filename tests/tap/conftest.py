@@ -78,10 +78,14 @@ def run_tap(
 
 
 def tap_config(sandbox: Any, **overrides: Any) -> dict[str, Any]:
-    """Tap settings pointing at a sandbox; small pages so paging is exercised."""
+    """Tap settings pointing at a sandbox; small pages so paging is exercised.
+
+    Unpaced: the sandbox has no gateway limit unless asked (tests/tap/test_pacing.py).
+    """
     config: dict[str, Any] = {
         "api_key": sandbox.api_key,
         "api_url": sandbox.url,
+        "max_requests_per_second": 0,
         "page_size": 20,
         "request_timeout": 10,
         "max_retries": 8,

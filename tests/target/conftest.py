@@ -56,10 +56,12 @@ def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def config(lago: Sandbox, api_key: str, tmp_path: Path) -> dict[str, Any]:
-    """Target settings pointing at the empty organisation."""
+    """Target settings pointing at the empty organisation (unpaced: the sandbox has no
+    gateway limit unless asked, see test_pacing.py)."""
     return {
         "api_key": api_key,
         "api_url": lago.url,
+        "max_requests_per_second": 0,
         "dead_letter_path": str(tmp_path / "dead_letters.jsonl"),
         "max_retries": 6,
         "request_timeout": 10,
