@@ -210,8 +210,8 @@ class TransportStream(RESTStream[int]):
             wait = self._rate_limit_seconds(exc)
             if wait:
                 self.rate_limit_gate.pause(wait)
-            if limited:
-                self.pacer.limited(bucket, wait or 1.0)
+            if limited:  # the gate holds every request; the pace only slows down
+                self.pacer.limited(bucket, 0.0)
             raise
         except requests.ConnectionError as exc:
             progress.count_request()

@@ -38,6 +38,7 @@ class _Lane:
         self.rate = rate
         self.next_slot = 0.0
         self.held_until = 0.0
+        self.slowed_at = -1.0
 
 
 class Pacer:
@@ -97,19 +98,21 @@ class Pacer:
             lane.rate = min(lane.ceiling, lane.rate + lane.ceiling * self.increase)
 
     def limited(self, bucket: str, reset_seconds: float) -> bool:
-        """A 429: hold the bucket until the reset and slow down.
+        """A 429: hold the bucket for ``reset_seconds`` and slow down.
 
         Returns:
-            True for the first 429 of a hold (the ones answered meanwhile to requests
-            already in flight change nothing more).
+            True for the first 429 of a hold, at most one a second (the ones answered
+            meanwhile to requests already in flight change nothing more).
         """
         lane = self._lanes[bucket]
         with self._lock:
             self.throttled += 1
             now = time.monotonic()
-            first = now >= lane.held_until
+            first = now >= lane.held_until and now - lane.slowed_at >= 1.0
             lane.held_until = max(lane.held_until, now + reset_seconds)
             lane.next_slot = max(lane.next_slot, lane.held_until)
-            if first and lane.rate is not None:
-                lane.rate = max(1.0, lane.rate * self.decrease)
+            if first:
+                lane.slowed_at = now
+                if lane.rate is not None:
+                    lane.rate = max(1.0, lane.rate * self.decrease)
             return first
