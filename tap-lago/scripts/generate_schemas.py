@@ -25,6 +25,8 @@ Corrections to the spec, so that every value lago-api v1.51 sends validates:
   numbers, so loaders make them ``numeric`` columns. Only top-level fields are retyped;
   nested objects keep the spec's strings (they land in one JSON column anyway).
 - Fields the server sends that the spec lacks or leaves undefined (``EXTRA_PROPERTIES``).
+- Nested fields the server sends outside the spec's type or enum, or that the spec
+  omits (``SERVER_FIELDS``).
 - Nested objects accept properties they do not declare (``additionalProperties``), and
   every stream has an ``_unknown_fields`` object for top-level fields of a newer Lago.
 
@@ -76,6 +78,18 @@ STREAMS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "customer_usage",
         ("external_customer_id", "external_subscription_id", "from_datetime"),
     ),
+    "payments": ("/payments", "payments", ("lago_id",)),
+    "payment_requests": ("/payment_requests", "payment_requests", ("lago_id",)),
+    "payment_receipts": ("/payment_receipts", "payment_receipts", ("lago_id", "created_at")),
+    "payment_methods": (
+        "/customers/{external_customer_id}/payment_methods",
+        "payment_methods",
+        ("lago_id",),
+    ),
+    "billing_entities": ("/billing_entities", "billing_entities", ("lago_id",)),
+    "features": ("/features", "features", ("code",)),
+    "entitlements": ("/plans/{code}/entitlements", "entitlements", ("plan_code", "code")),
+    "webhook_endpoints": ("/webhook_endpoints", "webhook_endpoints", ("lago_id",)),
 }
 
 # Fields missing from the spec's item schema: keys the tap adds to records (usage), and
@@ -94,6 +108,30 @@ EXTRA_PROPERTIES: dict[str, dict[str, dict[str, t.Any]]] = {
     "customer_usage": {
         "external_customer_id": {"type": "string"},
         "external_subscription_id": {"type": "string"},
+    },
+    # The parent, which the item lacks (the tap adds it).
+    "payment_methods": {"external_customer_id": {"type": ["string", "null"]}},
+    "entitlements": {"plan_code": {"type": "string"}},
+    # Sent by v1.51, not in the spec (LAGO_API_READS.md sections 3 and 4).
+    "payment_receipts": {
+        "file_url": {"type": ["string", "null"]},
+        "xml_url": {"type": ["string", "null"]},
+    },
+    "billing_entities": {
+        "einvoicing": {"type": ["boolean", "null"]},
+        "phone": {"type": ["string", "null"]},
+    },
+}
+
+# Nested fields (dotted path from the record, through arrays) that v1.51 sends outside
+# the spec's type or enum, or that the spec omits: a payment's ``payment_provider_type``
+# is the provider's class name, e.g. ``PaymentProviders::StripeProvider``, not one of the
+# spec's short names (LAGO_API_READS.md section 1), and invoices carry ``voided_at``.
+SERVER_FIELDS: dict[str, dict[str, dict[str, t.Any]]] = {
+    "payments": {"payment_provider_type": {"type": ["string", "null"]}},
+    "payment_receipts": {"payment.payment_provider_type": {"type": ["string", "null"]}},
+    "payment_requests": {
+        "invoices.voided_at": {"format": "date-time", "type": ["string", "null"]}
     },
 }
 
@@ -290,6 +328,16 @@ def build_schema(spec: dict[str, t.Any], stream: str) -> dict[str, t.Any]:
         props[name] = copy.deepcopy(prop)
     for name in _decimal_fields(stream, props):
         props[name] = {"type": ["number", "null"]}
+    for path, prop in SERVER_FIELDS.get(stream, {}).items():
+        *parents, name = path.split(".")
+        node = props
+        for parent in parents:
+            if parent not in node:
+                msg = f"stream {stream}: {path!r}: no {parent!r} in the schema"
+                raise KeyError(msg)
+            parent_schema = node[parent].get("items") or node[parent]
+            node = parent_schema["properties"]
+        node[name] = copy.deepcopy(prop)
     props[UNKNOWN_FIELDS] = {"additionalProperties": True, "type": ["object", "null"]}
     for key in keys:
         if key not in props:

@@ -19,6 +19,25 @@ Replication at a glance (endpoint; primary key; method and key):
 - customer_usage: /customers/{external_customer_id}/current_usage?external_subscription_id=;
   (external_customer_id, external_subscription_id, from_datetime); FULL_TABLE, child of
   active subscriptions
+- payments: /payments; lago_id; FULL_TABLE (only ``created_at`` is sent and nothing filters
+  on it, while ``status`` and ``payment_status`` change after creation: a created_at
+  bookmark would keep a payment pending for ever)
+- payment_requests: /payment_requests; lago_id; FULL_TABLE (``payment_status`` changes; no
+  date filter)
+- payment_receipts: /payment_receipts; lago_id; INCREMENTAL created_at, filtered client-side
+  on a list sorted newest first, so paging stops at the first receipt older than the
+  bookmark minus ``lookback_window_days`` (receipts are not edited, but their files are
+  attached just after creation; the payment in a receipt is as it was then, the
+  payments stream has its current state)
+- payment_methods: /customers/{external_customer_id}/payment_methods; lago_id;
+  FULL_TABLE, child of customers (``is_default`` moves; a removed method leaves the list)
+- billing_entities: /billing_entities (one request, not paginated); lago_id; FULL_TABLE
+  (an updated_at bookmark would save no request, and archived entities leave the list)
+- features: /features; code; FULL_TABLE (editable and deletable; only ``created_at``)
+- entitlements: /plans/{code}/entitlements (not paginated); (plan_code, code); FULL_TABLE,
+  child of plans (no timestamps)
+- webhook_endpoints: /webhook_endpoints; lago_id; FULL_TABLE (at most 10, editable,
+  deleted outright)
 
 Every FULL_TABLE stream emits ACTIVATE_VERSION (setting ``emit_activate_version_messages``),
 so loaders that support it remove rows that disappeared from Lago.
@@ -29,6 +48,7 @@ setting adds streams of its own (:mod:`tap_lago.extra_streams`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import typing as t
 from http import HTTPStatus
@@ -40,10 +60,11 @@ from tap_lago.client import (
     ListRefusedError,
     ParentGoneError,
     api_datetime,
+    parse_datetime,
 )
 
 if t.TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Generator, Iterable
 
     from singer_sdk.helpers.types import Context
 
@@ -61,6 +82,36 @@ class _UpdatedAtStream(LagoStream):
 
     replication_key = "updated_at"
     client_side_filter = True
+
+
+class _NewestFirstStream(LagoStream):
+    """A list sorted ``created_at DESC`` with no filter on it: scan down to the bookmark.
+
+    Paging stops at the first record created before where this sync starts (older pages
+    are not requested). That is the bookmark minus ``lookback_window_days``, so records
+    completed shortly after their creation are read again.
+    """
+
+    replication_key = "created_at"
+    client_side_filter = True
+
+    def start_datetime(self, context: Context | None) -> dt.datetime | None:
+        """The bookmark minus the lookback, else ``start_date``, else None."""
+        start = super().start_datetime(context)
+        if start is None or not self.has_bookmark(context):
+            return start
+        return start - dt.timedelta(days=float(self.config.get("lookback_window_days", 1)))
+
+    def request_records(self, context: Context | None) -> Iterable[dict[str, t.Any]]:
+        """Every page down to the first record older than the start."""
+        start = self.start_datetime(context)
+        pages = super().request_records(context)
+        with contextlib.closing(t.cast("Generator[dict[str, t.Any], None, None]", pages)):
+            for record in pages:
+                created = record.get("created_at")
+                if start is not None and created and parse_datetime(created) < start:
+                    return
+                yield record
 
 
 class _IssuingDateStream(_UpdatedAtStream):
@@ -87,6 +138,11 @@ class CustomersStream(LagoStream):
     path = "/customers"
     primary_keys = ("lago_id",)
     applies_start_date = False
+
+    def get_child_context(  # noqa: D102
+        self, record: dict[str, t.Any], context: Context | None
+    ) -> dict[str, t.Any]:
+        return {"external_customer_id": record["external_id"]}
 
 
 class SubscriptionsStream(LagoStream):
@@ -132,6 +188,11 @@ class PlansStream(LagoStream):
     name = "plans"
     path = "/plans"
     primary_keys = ("lago_id",)
+
+    def get_child_context(  # noqa: D102
+        self, record: dict[str, t.Any], context: Context | None
+    ) -> dict[str, t.Any]:
+        return {"plan_code": record["code"]}
 
 
 class EventsStream(LagoWindowedStream):
@@ -290,6 +351,84 @@ class CustomerUsageStream(LagoChildStream):
         }
 
 
+class PaymentsStream(LagoStream):
+    """Payments on invoices (in a listed status) and on payment requests."""
+
+    name = "payments"
+    path = "/payments"
+    primary_keys = ("lago_id",)
+
+
+class PaymentRequestsStream(LagoStream):
+    """Payment requests (dunning), each with its customer and invoices."""
+
+    name = "payment_requests"
+    path = "/payment_requests"
+    primary_keys = ("lago_id",)
+
+
+class PaymentReceiptsStream(_NewestFirstStream):
+    """Payment receipts, newest first, read down to the bookmark."""
+
+    name = "payment_receipts"
+    path = "/payment_receipts"
+    primary_keys = ("lago_id",)
+
+
+class PaymentMethodsStream(LagoChildStream):
+    """Payment methods of each customer."""
+
+    name = "payment_methods"
+    path = "/customers/{external_customer_id}/payment_methods"
+    primary_keys = ("lago_id",)
+    parent_stream_type = CustomersStream
+
+    def prepare_record(  # noqa: D102
+        self, record: dict[str, t.Any], context: Context | None
+    ) -> dict[str, t.Any]:
+        return {**record, "external_customer_id": (context or {})["external_customer_id"]}
+
+
+class BillingEntitiesStream(LagoStream):
+    """Billing entities (not archived): one unpaginated list."""
+
+    name = "billing_entities"
+    path = "/billing_entities"
+    primary_keys = ("lago_id",)
+    paginated = False
+
+
+class FeaturesStream(LagoStream):
+    """Entitlement features, keyed by code (the API shows no id)."""
+
+    name = "features"
+    path = "/features"
+    primary_keys = ("code",)
+
+
+class EntitlementsStream(LagoChildStream):
+    """Features granted by each plan, with their privilege values (one list per plan)."""
+
+    name = "entitlements"
+    path = "/plans/{plan_code}/entitlements"
+    primary_keys = ("plan_code", "code")
+    parent_stream_type = PlansStream
+    paginated = False
+
+    def prepare_record(  # noqa: D102
+        self, record: dict[str, t.Any], context: Context | None
+    ) -> dict[str, t.Any]:
+        return {**record, "plan_code": (context or {})["plan_code"]}
+
+
+class WebhookEndpointsStream(LagoStream):
+    """Webhook endpoints."""
+
+    name = "webhook_endpoints"
+    path = "/webhook_endpoints"
+    primary_keys = ("lago_id",)
+
+
 STREAM_TYPES: tuple[type[LagoStream], ...] = (
     CustomersStream,
     SubscriptionsStream,
@@ -306,4 +445,12 @@ STREAM_TYPES: tuple[type[LagoStream], ...] = (
     TaxesStream,
     AppliedCouponsStream,
     CustomerUsageStream,
+    PaymentsStream,
+    PaymentRequestsStream,
+    PaymentReceiptsStream,
+    PaymentMethodsStream,
+    BillingEntitiesStream,
+    FeaturesStream,
+    EntitlementsStream,
+    WebhookEndpointsStream,
 )

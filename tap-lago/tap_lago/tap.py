@@ -62,10 +62,10 @@ class TapLago(Tap):
             title="Start date",
             description=(
                 "Earliest data to read on a first sync, for facts only: events by "
-                "timestamp, fees by creation, invoices and credit notes by last update "
-                "(and issuing date). Dimensions (customers, subscriptions, plans, ...) are "
-                "always read whole on a first sync, so every fact finds its customer. "
-                "Later syncs start from the bookmark."
+                "timestamp, fees and payment receipts by creation, invoices and credit "
+                "notes by last update (and issuing date). Dimensions (customers, "
+                "subscriptions, plans, ...) are always read whole on a first sync, so "
+                "every fact finds its customer. Later syncs start from the bookmark."
             ),
         ),
         th.Property(
@@ -103,10 +103,10 @@ class TapLago(Tap):
             title="Maximum concurrency",
             description=(
                 "Requests in flight at once: later pages of a list, and the first "
-                "requests of child streams (wallet transactions, customer usage) for a "
-                "page of parents, are fetched ahead while records still come out in "
-                "order. 1 reads one page at a time. A 429 pauses every new request for "
-                "the time the server asks."
+                "requests of child streams (wallet transactions, customer usage, payment "
+                "methods, entitlements) for a page of parents, are fetched ahead while "
+                "records still come out in order. 1 reads one page at a time. A 429 "
+                "pauses every new request for the time the server asks."
             ),
         ),
         th.Property(
@@ -129,8 +129,9 @@ class TapLago(Tap):
             title="Lookback window (days)",
             description=(
                 "Events are re-read from this long before the bookmark, to catch late "
-                "events sent with a past timestamp. Re-read events are emitted again "
-                "(same primary key)."
+                "events sent with a past timestamp, and payment receipts, to catch their "
+                "files attached after creation. Re-read records are emitted again (same "
+                "primary key)."
             ),
         ),
         th.Property(

@@ -3,10 +3,12 @@
 ``generate(options)`` returns every resource of :data:`objects.RESOURCES` as a list of
 API-shape objects. The same options always give the same organisation:
 
-* the catalog (taxes, billable metrics, plans, coupons, add-ons) depends only on ``seed``
-  (and on ``anchor`` for its timestamps), never on ``customers`` or ``events``;
+* the catalog (taxes, billable metrics, plans, coupons, add-ons, and the organisation
+  settings of ``organisation.fill``) depends only on ``seed`` (and on ``anchor`` for its
+  timestamps), never on ``customers`` or ``events``;
 * customers and what hangs off them (subscriptions, invoices, fees, credit notes, applied
-  coupons, wallets, wallet transactions) depend on ``seed``, ``customers`` and ``anchor``;
+  coupons, wallets, wallet transactions, and the payments and the rest of
+  ``cash.fill``) depend on ``seed``, ``customers`` and ``anchor``;
 * events depend on all options; they are spread over the last ``months`` calendar months
   before the anchor, on active and terminated subscriptions, within each subscription's
   life, with codes of its plan's metrics and properties fitting each metric.
@@ -32,6 +34,7 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+from tests.lago_sandbox import cash, organisation
 from tests.lago_sandbox import objects as o
 
 DEFAULTS: dict[str, Any] = {
@@ -123,6 +126,8 @@ def generate(options: dict[str, Any] | None = None) -> Org:
     for index in range(opts["customers"]):
         people.add_customer(index, opts["customers"])
     people.finish()
+    organisation.fill(org, seed=seed, anchor=anchor)
+    cash.fill(org, seed=seed, anchor=anchor)
     org["events"] = _events(seed, anchor, opts["months"], opts["events"], catalog=catalog, org=org)
     if opts["unattached_events"]:
         org["events"] = _with_unattached_events(

@@ -17,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+from tests.lago_sandbox import cash, organisation, ratelimits
 from tests.lago_sandbox import faults as faults_mod
-from tests.lago_sandbox import ratelimits
 from tests.lago_sandbox.store import (
     RESOURCE_DEFS,
     RESOURCES,
@@ -230,8 +230,13 @@ def _customer_or_404(ctx: RequestContext) -> str:
     return ext
 
 
-# Every resource has a top-level list, except wallet transactions (listed per wallet).
-_SIMPLE_LISTS = tuple(r for r in RESOURCES if r != "wallet_transactions")
+# Every resource has a top-level list, except wallet transactions (listed per wallet) and
+# the resources of cash.py and organisation.py (their own routes, registered below).
+_SIMPLE_LISTS = tuple(
+    r
+    for r in RESOURCES
+    if r != "wallet_transactions" and r not in (*cash.RESOURCES, *organisation.RESOURCES)
+)
 
 
 def _make_list(resource: str) -> Handler:
@@ -591,6 +596,13 @@ _HANDLERS: dict[str, Handler] = {
         )
     },
 }
+
+
+# Payments, payment requests and receipts, payment methods; billing entities, features,
+# plan entitlements, webhook endpoints.
+for _method, _pattern, _handler in (*cash.ROUTES, *organisation.ROUTES):
+    _route(_method, _pattern)(_handler)
+    _HANDLERS[_handler.__name__] = _handler
 
 
 def resolve(method: str, path: str) -> tuple[Handler, dict[str, str]] | None:

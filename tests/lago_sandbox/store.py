@@ -307,6 +307,25 @@ def _tax_key(o: JsonObj) -> tuple:
     return (str(o.get("name") or ""), *_created_desc(o))
 
 
+def _created_asc(o: JsonObj) -> tuple:
+    """Billing entities: ``created_at ASC`` and no tie-breaker (ties keep insertion order)."""
+    return (_asc_ts_nulls_last(o.get("created_at")),)
+
+
+def _webhook_key(o: JsonObj) -> tuple:
+    return (str(o.get("webhook_url") or ""), *_created_desc(o))
+
+
+def _feature_key(o: JsonObj) -> tuple:
+    # The tie-breaker is the feature's id, which the API does not show: the code stands in.
+    return (_desc_ts(o.get("created_at")), str(o.get("code") or ""))
+
+
+def _entitlement_key(o: JsonObj) -> tuple:
+    # The server has no ORDER BY here (database order): by plan, then feature code.
+    return (str(o.get("plan_code") or ""), str(o.get("code") or ""))
+
+
 @dataclass(frozen=True)
 class ResourceDef:
     """How one resource is stored, keyed, ordered and wrapped."""
@@ -334,6 +353,15 @@ RESOURCE_DEFS: dict[str, ResourceDef] = {
         ResourceDef("wallet_transactions", "wallet_transaction", _created_desc),
         ResourceDef("taxes", "tax", _tax_key),
         ResourceDef("applied_coupons", "applied_coupon", _created_desc),
+        # Cash collection and organisation settings (served by cash.py, organisation.py).
+        ResourceDef("payments", "payment", _created_desc),
+        ResourceDef("payment_requests", "payment_request", _created_desc),
+        ResourceDef("payment_receipts", "payment_receipt", _created_desc),
+        ResourceDef("payment_methods", "payment_method", _created_desc),
+        ResourceDef("billing_entities", "billing_entity", _created_asc, has_updated_at=True),
+        ResourceDef("features", "feature", _feature_key),
+        ResourceDef("entitlements", "entitlement", _entitlement_key),
+        ResourceDef("webhook_endpoints", "webhook_endpoint", _webhook_key),
     )
 }
 RESOURCES = tuple(RESOURCE_DEFS)
@@ -384,9 +412,14 @@ class Row:
 
 
 def row_key(resource: str, obj: JsonObj) -> Any:
-    """The identity of a stored object: lago_id; events: (external_subscription_id, txid)."""
+    """The identity of a stored object: lago_id; events: (external_subscription_id, txid);
+    features: code; plan entitlements: (plan_code, code)."""
     if resource == "events":
         return (obj.get("external_subscription_id"), obj.get("transaction_id"))
+    if resource == "features":
+        return obj.get("code")
+    if resource == "entitlements":
+        return (obj.get("plan_code"), obj.get("code"))
     return obj.get("lago_id")
 
 
@@ -415,12 +448,13 @@ class Table:
     def load(self, objs: Iterable[JsonObj]) -> None:
         """Bulk insert (seeding)."""
         order, rows, by_key = self.rdef.order, self.rows, self.by_key
-        events = self.rdef.name == "events"
+        name = self.rdef.name
+        events = name == "events"
         for obj in objs:
             key = (
                 (obj.get("external_subscription_id"), obj.get("transaction_id"))
                 if events
-                else obj.get("lago_id")
+                else row_key(name, obj)
             )
             row = Row(obj, key, order(obj))
             # Serialized now, in creation order (cache-friendly): serving is then a join.
@@ -593,6 +627,9 @@ class Store:
                     for name in ("customers", "subscriptions", "invoices", "wallets")
                     for r in self.tables[name].rows
                 } - {None}
+                self._billing_entities |= {
+                    r.obj.get("code") for r in self.tables["billing_entities"].rows
+                }
                 for table in self.tables.values():
                     table.sorted_rows()
             finally:
@@ -1613,6 +1650,8 @@ def _upsert_key(resource: str, fields: JsonObj) -> Any:
         if "transaction_id" not in fields:
             return None
         return (fields.get("external_subscription_id"), fields.get("transaction_id"))
+    if resource in ("features", "entitlements"):
+        return row_key(resource, fields)
     return fields.get("lago_id")
 
 

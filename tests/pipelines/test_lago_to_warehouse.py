@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from tap_lago.tap import TapLago
 
+from tests.lago_sandbox import Sandbox
 from tests.pg import PostgresServer
 from tests.pipelines.harness import Meltano, lago_objects, meltano_bin, table_values
 from tests.sandbox.api import ALL_STATUSES as EVERY_STATUS
@@ -37,6 +39,11 @@ STREAMS = {
     "taxes": ({}, "lago_id"),
     "wallets": ({}, "lago_id"),
     "applied_coupons": ({}, "lago_id"),
+    "payments": ({}, "lago_id"),
+    "payment_requests": ({}, "lago_id"),
+    "payment_receipts": ({}, "lago_id"),
+    "features": ({}, "code"),
+    "webhook_endpoints": ({}, "lago_id"),
 }
 
 
@@ -64,6 +71,37 @@ def _keys(pg: PostgresServer, table: str, key: str) -> list[str]:
     """Keys of the rows a user sees as current (not marked deleted)."""
     rows = table_values(pg, "lago", table, f'"{key}", _sdc_deleted_at')
     return sorted(str(key_value) for key_value, deleted in rows if deleted is None)
+
+
+def _get(lago: Sandbox, path: str) -> dict:
+    response = requests.get(
+        f"{lago.url}{path}",
+        params={"per_page": 500},
+        headers={"Authorization": f"Bearer {lago.api_key}"},
+        timeout=30,
+    )
+    response.raise_for_status()
+    return response.json()
+
+
+def _lists_without_paging(lago: Sandbox, warehouse: PostgresServer) -> None:
+    """Billing entities (one unpaginated list), and the payment methods of each customer and
+    the entitlements of each plan (child streams): current rows are what Lago lists."""
+    entities = sorted(e["lago_id"] for e in _get(lago, "/billing_entities")["billing_entities"])
+    assert entities and _keys(warehouse, "billing_entities", "lago_id") == entities
+    methods = sorted(
+        m["lago_id"]
+        for c in lago_objects(lago, "customers")
+        for m in _get(lago, f"/customers/{c['external_id']}/payment_methods")["payment_methods"]
+    )
+    assert methods and _keys(warehouse, "payment_methods", "lago_id") == methods
+    entitlements = sorted(
+        (p["code"], e["code"])
+        for p in lago_objects(lago, "plans")
+        for e in _get(lago, f"/plans/{p['code']}/entitlements")["entitlements"]
+    )
+    rows = table_values(warehouse, "lago", "entitlements", "plan_code, code, _sdc_deleted_at")
+    assert entitlements and sorted((p, c) for p, c, gone in rows if gone is None) == entitlements
 
 
 def _column_types(pg: PostgresServer) -> dict[tuple[str, str], str]:
@@ -97,6 +135,11 @@ def test_each_stream_lands_as_a_table_then_only_changes_merge(
         expected = sorted(str(obj[key]) for obj in lago_objects(lago, stream, params))
         assert expected, f"the seeded organisation has no {stream}"
         assert _keys(warehouse, stream, key) == expected, stream
+    _lists_without_paging(lago, warehouse)
+    # Every stream of the tap lands as a table.
+    listed = table_values(warehouse, "information_schema", "tables", "table_schema, table_name")
+    tables = {table for schema, table in listed if schema == "lago"}
+    assert set(TapLago(config={"api_key": "unused"}, parse_env_config=False).streams) <= tables
 
     # Decimals are exact numerics, timestamps are timestamps.
     types = _column_types(warehouse)
@@ -195,3 +238,5 @@ def test_each_stream_lands_as_a_table_then_only_changes_merge(
     for stream, (params, key) in STREAMS.items():
         expected = sorted(str(obj[key]) for obj in lago_objects(lago, stream, params))
         assert _keys(warehouse, stream, key) == expected, stream
+    # The deleted customer's payment methods and the deleted plan's entitlements included.
+    _lists_without_paging(lago, warehouse)

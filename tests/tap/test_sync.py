@@ -21,8 +21,12 @@ VISIBLE_INVOICE_STATUSES = {"draft", "finalized", "voided", "failed", "pending"}
 DUMPED_STREAMS = RESOURCES
 
 
+#: Primary keys other than ``lago_id``.
+KEYS = {"events": EVENT_KEY, "features": ("code",), "entitlements": ("plan_code", "code")}
+
+
 def key_of(stream: str) -> tuple[str, ...]:
-    return EVENT_KEY if stream == "events" else ("lago_id",)
+    return KEYS.get(stream, ("lago_id",))
 
 
 def schema_of(stream: str) -> dict[str, Any]:
