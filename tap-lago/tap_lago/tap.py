@@ -9,6 +9,7 @@ from requests.adapters import HTTPAdapter
 from singer_sdk import Tap
 from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError
+from singer_sdk.helpers.capabilities import PluginCapabilities, TapCapabilities
 
 from tap_lago.client import LagoSession, RateLimitGate
 from tap_lago.preflight import (
@@ -23,9 +24,13 @@ from tap_lago.writer import LagoMessageWriter
 
 if t.TYPE_CHECKING:
     import click
+    from singer_sdk.helpers.capabilities import CapabilitiesEnum
 
 DEFAULT_API_URL = "https://api.getlago.com/api/v1"
 CONNECTION_CHECK_STREAM = "billable_metrics"
+#: Settings the SDK would advertise that tap-lago does not offer: Faker is no dependency,
+#: so map expressions have no ``fake``.
+UNOFFERED_SDK_SETTINGS = ("faker_config",)
 
 
 class TapLago(Tap):
@@ -33,6 +38,19 @@ class TapLago(Tap):
 
     name = "tap-lago"
     message_writer_class = LagoMessageWriter
+    #: No `batch`: a BATCH message goes out after the STATE of the events windows it
+    #: holds, so a bookmark would pass records not yet delivered (batch_config is refused).
+    capabilities: t.ClassVar[list[CapabilitiesEnum]] = [
+        TapCapabilities.CATALOG,
+        TapCapabilities.STATE,
+        TapCapabilities.DISCOVER,
+        TapCapabilities.ACTIVATE_VERSION,
+        TapCapabilities.TEST,
+        PluginCapabilities.ABOUT,
+        PluginCapabilities.STREAM_MAPS,
+        PluginCapabilities.FLATTENING,
+        PluginCapabilities.STRUCTURED_LOGGING,
+    ]
 
     config_jsonschema = th.PropertiesList(
         th.Property(
@@ -78,7 +96,7 @@ class TapLago(Tap):
         ),
         th.Property(
             "events_window_days",
-            th.NumberType(exclusive_minimum=0),
+            th.IntegerType(minimum=1),
             default=30,
             title="Events window (days)",
             description=(
@@ -109,7 +127,7 @@ class TapLago(Tap):
         ),
         th.Property(
             "lookback_window_days",
-            th.NumberType(minimum=0),
+            th.IntegerType(minimum=0),
             default=1,
             title="Lookback window (days)",
             description=(
@@ -120,7 +138,7 @@ class TapLago(Tap):
         ),
         th.Property(
             "request_timeout",
-            th.NumberType(exclusive_minimum=0),
+            th.IntegerType(minimum=1),
             default=60,
             title="Request timeout (seconds)",
             description="Timeout of one HTTP request; a timed-out request is retried.",
@@ -149,6 +167,13 @@ class TapLago(Tap):
             ),
         ),
     ).to_dict()
+
+    @classmethod
+    def append_builtin_config(cls, config_jsonschema: dict) -> None:
+        """The SDK's settings for the capabilities above, less ``UNOFFERED_SDK_SETTINGS``."""
+        super().append_builtin_config(config_jsonschema)
+        for name in UNOFFERED_SDK_SETTINGS:
+            config_jsonschema["properties"].pop(name, None)
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         """Create the tap and check every setting: one line per invalid one."""
