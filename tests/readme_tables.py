@@ -8,6 +8,7 @@ actions from its ``ACTIONS`` table. ``tests/test_readme.py`` fails when they hav
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -21,6 +22,7 @@ README = ROOT / "README.md"
 PLUGINS = ("tap-lago", "target-lago")
 
 
+@functools.cache
 def _run(plugin: str, *args: str) -> str:
     exe = Path(sys.executable).parent / plugin
     return subprocess.run(

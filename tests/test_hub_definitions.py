@@ -110,6 +110,23 @@ def test_every_link_to_the_project_names_one_repository() -> None:
         assert {link.removesuffix(".git") for link in found} == {owner_repo}, path
 
 
+@pytest.mark.parametrize(
+    ("path", "name", "anchor"),
+    [
+        ("README.md", "tap-lago", "## tap-lago\n\nCapabilities:"),
+        ("README.md", "target-lago", "## target-lago\n\nCapabilities:"),
+        ("tap-lago/README.md", "tap-lago", "## Capabilities\n\n"),
+        ("target-lago/README.md", "target-lago", "## Capabilities\n\n"),
+    ],
+)
+def test_readmes_list_the_capabilities_of_about(path: str, name: str, anchor: str) -> None:
+    text = (ROOT / path).read_text()
+    assert anchor in text, f"{path}: no {anchor!r}"
+    sentence = re.split(r"\.\s", text.split(anchor, 1)[1], maxsplit=1)[0]
+    listed = set(re.findall(r"`([a-z][a-z-]+)`", sentence))
+    assert listed == set(about(name)["capabilities"]), path
+
+
 # What is advertised is honoured; what is not honoured is not advertised.
 
 

@@ -131,7 +131,7 @@ class TapLago(Tap):
             default=1,
             title="Lookback window (days)",
             description=(
-                "Events are re-read from this long before the bookmark, to catch late "
+                "Events are re-read from this many days before the bookmark, to catch late "
                 "events sent with a past timestamp. Re-read events are emitted again "
                 "(same primary key)."
             ),
