@@ -89,6 +89,11 @@ def config_errors(config: Mapping[str, t.Any]) -> list[str]:
             f"end_date {config['end_date']!r} is not after start_date "
             f"{config['start_date']!r}: set an end_date later than start_date, or none."
         )
+    if config.get("batch_config"):
+        errors.append(
+            "batch_config is not supported: tap-lago writes RECORD messages, never BATCH "
+            "files (a bookmark must not pass records still in a file); remove batch_config."
+        )
     return errors
 
 

@@ -9,6 +9,7 @@ from requests.adapters import HTTPAdapter
 from singer_sdk import Tap
 from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError
+from singer_sdk.helpers.capabilities import PluginCapabilities, TapCapabilities
 
 from tap_lago.extra_streams import extra_stream_class, parse_extra_streams
 from tap_lago.pacing import Pacer
@@ -25,9 +26,13 @@ from tap_lago.writer import LagoMessageWriter
 
 if t.TYPE_CHECKING:
     import click
+    from singer_sdk.helpers.capabilities import CapabilitiesEnum
 
 DEFAULT_API_URL = "https://api.getlago.com/api/v1"
 CONNECTION_CHECK_STREAM = "billable_metrics"
+#: Settings the SDK would advertise that tap-lago does not offer: Faker is no dependency,
+#: so map expressions have no ``fake``.
+UNOFFERED_SDK_SETTINGS = ("faker_config",)
 
 
 class TapLago(Tap):
@@ -35,6 +40,19 @@ class TapLago(Tap):
 
     name = "tap-lago"
     message_writer_class = LagoMessageWriter
+    #: No `batch`: a BATCH message goes out after the STATE of the events windows it
+    #: holds, so a bookmark would pass records not yet delivered (batch_config is refused).
+    capabilities: t.ClassVar[list[CapabilitiesEnum]] = [
+        TapCapabilities.CATALOG,
+        TapCapabilities.STATE,
+        TapCapabilities.DISCOVER,
+        TapCapabilities.ACTIVATE_VERSION,
+        TapCapabilities.TEST,
+        PluginCapabilities.ABOUT,
+        PluginCapabilities.STREAM_MAPS,
+        PluginCapabilities.FLATTENING,
+        PluginCapabilities.STRUCTURED_LOGGING,
+    ]
 
     config_jsonschema = th.PropertiesList(
         th.Property(
@@ -80,7 +98,7 @@ class TapLago(Tap):
         ),
         th.Property(
             "events_window_days",
-            th.NumberType(exclusive_minimum=0),
+            th.IntegerType(minimum=1),
             default=30,
             title="Events window (days)",
             description=(
@@ -111,12 +129,12 @@ class TapLago(Tap):
         ),
         th.Property(
             "max_requests_per_second",
-            th.NumberType(minimum=0),
-            default=47.5,
+            th.IntegerType(minimum=0),
+            default=48,
             title="Maximum requests per second",
             description=(
                 "Pace of the tap's requests. Lago Cloud allows 50 a second per organisation "
-                "(200 for current usage, paced at four times this); the default keeps 5% "
+                "(200 for current usage, paced at four times this); the default keeps 4% "
                 "headroom. Requests are spaced evenly, so a run gets no 429; a 429 (another "
                 "client sharing the budget) halves the pace for a while. Split the budget "
                 "between taps run in parallel. 0: no pacing (self-hosted Lago)."
@@ -124,11 +142,11 @@ class TapLago(Tap):
         ),
         th.Property(
             "lookback_window_days",
-            th.NumberType(minimum=0),
+            th.IntegerType(minimum=0),
             default=1,
             title="Lookback window (days)",
             description=(
-                "Events are re-read from this long before the bookmark, to catch late "
+                "Events are re-read from this many days before the bookmark, to catch late "
                 "events sent with a past timestamp, and payment receipts, to catch their "
                 "files attached after creation. Re-read records are emitted again (same "
                 "primary key)."
@@ -136,7 +154,7 @@ class TapLago(Tap):
         ),
         th.Property(
             "request_timeout",
-            th.NumberType(exclusive_minimum=0),
+            th.IntegerType(minimum=1),
             default=60,
             title="Request timeout (seconds)",
             description="Timeout of one HTTP request; a timed-out request is retried.",
@@ -226,6 +244,13 @@ class TapLago(Tap):
         ),
     ).to_dict()
 
+    @classmethod
+    def append_builtin_config(cls, config_jsonschema: dict) -> None:
+        """The SDK's settings for the capabilities above, less ``UNOFFERED_SDK_SETTINGS``."""
+        super().append_builtin_config(config_jsonschema)
+        for name in UNOFFERED_SDK_SETTINGS:
+            config_jsonschema["properties"].pop(name, None)
+
     def __init__(self, *args: object, **kwargs: object) -> None:
         """Create the tap and check every setting: one line per invalid one."""
         self.extra_stream_errors: list[str] = []
@@ -282,7 +307,7 @@ class TapLago(Tap):
     @functools.cached_property
     def pacer(self) -> Pacer:
         """The pace every request keeps (shared by all streams)."""
-        rate = float(self.config.get("max_requests_per_second", 47.5) or 0)
+        rate = float(self.config.get("max_requests_per_second", 48) or 0)
         return Pacer(rate, reference="default")
 
     @functools.cached_property

@@ -18,7 +18,7 @@ import msgspec
 from singer_sdk import Target
 from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError
-from singer_sdk.helpers.capabilities import PluginCapabilities, TargetCapabilities
+from singer_sdk.helpers.capabilities import PluginCapabilities
 from singer_sdk.io_base import SingerReader
 
 from target_lago.actions import ACTIONS
@@ -59,6 +59,15 @@ ENDPOINT_CHECKS: dict[str, tuple[str, str, bytes | None, int]] = {
     "one_off_invoices": ("GET", "/invoices?per_page=1", None, 200),
 }
 SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while others wait
+#: Settings every SDK target is given that target-lago does not use, with what to do instead
+#: (none is advertised; one that is set gets a warning). Faker is no dependency, so map
+#: expressions have no `fake` and `faker_config` is not advertised either.
+IGNORED_SDK_SETTINGS: dict[str, str] = {
+    "add_record_metadata": "Lago stores no _sdc_ metadata columns",
+    "load_method": "each stream's action decides how it is written (stream_actions)",
+    "batch_size_rows": "set batch_size (at most 100)",
+    "faker_config": "",
+}
 
 
 SKIPPED = "TARGET_LAGO_SKIPPED"  # a line read and settled by the reader itself
@@ -180,29 +189,32 @@ class RecordsRejectedError(Exception):
 
 
 class TargetLago(Target):
-    """Singer target for Lago."""
+    """Writes Singer records into Lago: usage events, customers, subscriptions and more."""
 
     name = "target-lago"
     message_reader_class = LineReader
-    #: No schema flattening: Lago reads nested fields nested (properties.units).
+    #: No schema flattening: Lago reads nested fields nested (properties.units). No
+    #: `validate-records` either, which Meltano does not know: `validate_records` is
+    #: declared below instead.
     capabilities: t.ClassVar[list[CapabilitiesEnum]] = [
         PluginCapabilities.ABOUT,
         PluginCapabilities.STREAM_MAPS,
         PluginCapabilities.STRUCTURED_LOGGING,
-        TargetCapabilities.VALIDATE_RECORDS,
     ]
 
     config_jsonschema = th.PropertiesList(
         th.Property(
             "api_key",
             th.StringType,
+            title="API key",
             required=True,
             secret=True,
-            description="Lago API key (Bearer token).",
+            description="Lago API key (Developers > API keys), sent as a Bearer token.",
         ),
         th.Property(
             "api_url",
             th.StringType,
+            title="API URL",
             default=DEFAULT_API_URL,
             description=(
                 "Root of the Lago API, ending in /api/v1. US cloud: "
@@ -213,6 +225,7 @@ class TargetLago(Target):
         th.Property(
             "stream_actions",
             th.ObjectType(additional_properties=th.StringType(allowed_values=list(SINKS))),
+            title="Stream actions",
             default={},
             description=(
                 f"Stream name or glob -> Lago action ({', '.join(SINKS)}). "
@@ -222,6 +235,7 @@ class TargetLago(Target):
         th.Property(
             "transaction_id_columns",
             th.ObjectType(additional_properties=th.ArrayType(th.StringType)),
+            title="Transaction ID columns",
             default={},
             description=(
                 "Stream name or glob -> the columns that identify a row, for events streams "
@@ -233,6 +247,7 @@ class TargetLago(Target):
         th.Property(
             "customer_deleted_column",
             th.StringType,
+            title="Customer deleted column",
             default="_sdc_deleted_at",
             description=(
                 "Column of a customers stream that marks a deleted row: a timestamp (as the "
@@ -243,6 +258,7 @@ class TargetLago(Target):
         th.Property(
             "verify_duplicates",
             th.BooleanType,
+            title="Verify duplicates",
             default=False,
             description=(
                 "Read back every event Lago reports as already stored (one GET each) and "
@@ -252,6 +268,7 @@ class TargetLago(Target):
         th.Property(
             "allow_non_idempotent_one_off_invoices",
             th.BooleanType,
+            title="Allow non-idempotent one-off invoices",
             default=False,
             description=(
                 "Accept one_off_invoices streams, which Lago cannot make idempotent: a POST "
@@ -263,12 +280,17 @@ class TargetLago(Target):
         th.Property(
             "dead_letter_path",
             th.StringType,
+            title="Dead-letter file",
             default="lago_dead_letters.jsonl",
-            description="JSONL file receiving one line per rejected record.",
+            description=(
+                "JSONL file receiving one line per rejected record. A relative path is "
+                "taken from the working directory (under Meltano, the project's root)."
+            ),
         ),
         th.Property(
             "dry_run",
             th.BooleanType,
+            title="Dry run",
             default=False,
             description=(
                 "Validate and map every record, report, and send nothing: no request, no "
@@ -279,12 +301,14 @@ class TargetLago(Target):
         th.Property(
             "batch_size",
             th.IntegerType(minimum=1, maximum=MAX_BATCH_SIZE),
+            title="Batch size",
             default=100,
             description="Records per batch (events per POST /events/batch, at most 100).",
         ),
         th.Property(
             "max_in_flight",
             th.IntegerType(minimum=1),
+            title="Maximum requests in flight",
             default=64,
             description=(
                 "Most requests to Lago in flight at once. The pace "
@@ -294,7 +318,8 @@ class TargetLago(Target):
         ),
         th.Property(
             "max_requests_per_second",
-            th.NumberType(minimum=0),
+            th.IntegerType(minimum=0),
+            title="Maximum requests per second",
             default=475,
             description=(
                 "Pace of event ingestion (POST /events/batch). Lago Cloud allows 500 a second "
@@ -305,19 +330,22 @@ class TargetLago(Target):
         ),
         th.Property(
             "request_timeout",
-            th.NumberType(minimum=0),
+            th.IntegerType(minimum=1),
+            title="Request timeout (seconds)",
             default=60,
             description="Seconds to wait for a Lago response before retrying.",
         ),
         th.Property(
             "max_retries",
             th.IntegerType(minimum=0),
+            title="Maximum retries",
             default=8,
             description="Retries of one request on 429, 5xx, timeouts and lost connections.",
         ),
         th.Property(
             "allow_rejections",
             th.BooleanType,
+            title="Allow rejections",
             default=False,
             description=(
                 "Treat dead-lettered records as settled: exit 0 and keep emitting STATE past "
@@ -325,7 +353,25 @@ class TargetLago(Target):
                 "holds back every later STATE of the run and the exit status is 1."
             ),
         ),
+        th.Property(
+            "validate_records",
+            th.BooleanType,
+            title="Validate records",
+            default=True,
+            description=(
+                "Check each record against its stream's SCHEMA message; a record that does "
+                "not match is dead-lettered (schema_validation). Off: only the checks of "
+                "each action's mapping apply."
+            ),
+        ),
     ).to_dict()
+
+    @classmethod
+    def append_builtin_config(cls, config_jsonschema: dict) -> None:
+        """The SDK's settings for the capabilities above, less those target-lago ignores."""
+        super().append_builtin_config(config_jsonschema)
+        for name in IGNORED_SDK_SETTINGS:
+            config_jsonschema["properties"].pop(name, None)
 
     def __init__(
         self,
@@ -362,6 +408,9 @@ class TargetLago(Target):
                 _redacted(str(exc), secrets), errors=errors, schema=exc.schema
             ) from None
         self._check_config()
+        for name, instead in IGNORED_SDK_SETTINGS.items():
+            if instead and self.config.get(name) is not None:
+                self.logger.warning("%s is ignored: %s", name, instead)
         self._checked: set[str] = set()
         self._deferred: list[tuple[LagoSink, Item]] = []
         self._subscriptions_of: dict[str, list[tuple[str, str]]] = {}

@@ -80,13 +80,13 @@ def test_timeouts_and_dropped_connections_are_retried_and_deliver_once(
 ) -> None:
     lago.set_faults(
         [
-            {"path": BATCH, "fault": "timeout", "delay_ms": 1500, "count": 2},
+            {"path": BATCH, "fault": "timeout", "delay_ms": 2500, "count": 2},
             {"path": BATCH, "fault": "drop", "count": 2},
             {"path": BATCH, "fault": "lost_response", "count": 2},
         ]
     )
     rows = usage_rows(250, ["sub_a", "sub_b"], metric_code)
-    run = run_target({**config, "request_timeout": 0.5}, events_messages(rows))
+    run = run_target({**config, "request_timeout": 1}, events_messages(rows))
     assert run.error is None
     # Lost responses were retried; one stored event read back tells whose write it was.
     assert stored_as(run.counts["events"], event_store) == 250
