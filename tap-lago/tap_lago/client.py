@@ -113,6 +113,14 @@ class ListRefusedError(FatalAPIError):
     """A list request refused as invalid (400 or 422), e.g. for a filter it requires."""
 
 
+class PremiumOnlyError(FatalAPIError):
+    """403 ``feature_unavailable``: the endpoint needs a Lago premium licence.
+
+    Not an error of the run: :meth:`LagoStream.get_records` skips the stream (one log line,
+    no record, no ACTIVATE_VERSION, no bookmark moved) and the sync goes on.
+    """
+
+
 #: Exceptions after which the SDK's "An unhandled error occurred" line is only noise: the
 #: error is reported in one line at the end, or the stop is wanted (``--test``).
 _EXPECTED_STOPS = (
@@ -309,6 +317,9 @@ class LagoStream(RESTStream[int]):
     _fast_path_checked = False
     _prefetched: dict[str, Future[t.Any]] | None = None
     _prefetch_pool: ThreadPoolExecutor | None = None
+    #: Why the server refused this stream (a premium licence), once it did in this run.
+    _unavailable: PremiumOnlyError | None = None
+    _pending_version: int | None = None
 
     @property
     def url_base(self) -> str:
@@ -487,7 +498,11 @@ class LagoStream(RESTStream[int]):
         return tuple(map(record.get, self.primary_keys))
 
     def get_records(self, context: Context | None) -> Iterable[dict[str, t.Any]]:
-        """Request every page, keep records past the bookmark, drop repeated keys."""
+        """Request every page, keep records past the bookmark, drop repeated keys.
+
+        A stream the server refuses with 403 ``feature_unavailable`` (no premium licence)
+        is skipped with one WARNING line, for the rest of the run.
+        """
         top_level = context is None and self.parent_stream_type is None
         if top_level:
             check = getattr(self._tap, "check_connection_once", None)
@@ -499,8 +514,22 @@ class LagoStream(RESTStream[int]):
         dupes_before = seen.duplicates
         progress = self.progress
         started = progress.start()
+        emitted = False
         try:
-            yield from self._filtered_records(self.request_records(context), context, seen)
+            if self._unavailable is None:
+                records = iter(self._filtered_records(self.request_records(context), context, seen))
+                first = next(records, None)
+                self._activate_version()  # the stream is readable: old rows may now go
+                if first is not None:
+                    emitted = True
+                    yield first
+                    yield from records
+        except PremiumOnlyError as exc:
+            if emitted:
+                raise
+            self._pending_version = None
+            self._unavailable = exc
+            self.logger.warning("%s", exc)
         finally:
             progress.seconds += time.monotonic() - started
         for child in self.child_streams:
@@ -540,6 +569,20 @@ class LagoStream(RESTStream[int]):
     ) -> dict[str, t.Any]:
         """Hook to add fields to a record before it is keyed (override)."""
         return record
+
+    def _write_activate_version_message(self, full_table_version: int) -> None:
+        """Held back until the stream's first response is in (:meth:`get_records`).
+
+        A stream the server refuses (no premium licence) then never tells the loader that
+        its rows are gone.
+        """
+        self._pending_version = full_table_version
+
+    def _activate_version(self) -> None:
+        """Write the ACTIVATE_VERSION held back, if any."""
+        version, self._pending_version = self._pending_version, None
+        if version is not None:
+            super()._write_activate_version_message(version)
 
     # Progress ------------------------------------------------------------------------
 
@@ -770,6 +813,8 @@ class LagoStream(RESTStream[int]):
 
     def prefetch(self, context: Context) -> None:
         """Start this (child) stream's first request for ``context`` in the background."""
+        if self._unavailable is not None:
+            return
         prepared = self._prepare_request(context=context, page=LagoPaginator(1))
         url = str(prepared.url)
         if self._prefetched is None:
@@ -903,6 +948,21 @@ class LagoStream(RESTStream[int]):
         if status == HTTPStatus.TOO_MANY_REQUESTS or status >= HTTPStatus.INTERNAL_SERVER_ERROR:
             msg = f"{self.name}: HTTP {status} {response.reason} from {where}"
             raise RetriableAPIError(msg, response)
+        code = _error_code(response) if status == HTTPStatus.FORBIDDEN else None
+        if code == "feature_unavailable":
+            msg = (
+                f"{self.name}: skipped: this endpoint needs a Lago premium licence "
+                f"(HTTP 403 feature_unavailable for {where}); deselect the stream to "
+                "silence this line"
+            )
+            raise PremiumOnlyError(msg)
+        if code and code.startswith("read_action_not_allowed_for_"):
+            msg = (
+                f"{self.name}: the API key may not read this resource (HTTP 403 {code} for "
+                f"{where}). Give the key read access to it in Lago (Developers > API keys) "
+                f"or deselect the stream {self.name}."
+            )
+            raise FatalAPIError(msg)
         if status in {HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN}:
             msg = (
                 f"{self.name}: Lago refused the request with HTTP {status} "

@@ -61,7 +61,8 @@ class TapLago(Tap):
             description=(
                 "Earliest data to read on a first sync, for facts only: events by "
                 "timestamp, fees by creation, invoices and credit notes by last update "
-                "(and issuing date). Dimensions (customers, subscriptions, plans, ...) are "
+                "(and issuing date), past usage by period, activity and API logs by "
+                "time. Dimensions (customers, subscriptions, plans, ...) are "
                 "always read whole on a first sync, so every fact finds its customer. "
                 "Later syncs start from the bookmark."
             ),

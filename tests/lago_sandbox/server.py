@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import importlib
 import json
 import re
 import socket
@@ -100,8 +101,8 @@ class SandboxState:
         self.requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=REQUEST_LOG_MAX)
         self.requests_lock = threading.Lock()
         self.stopping = threading.Event()
-        #: Behaviour settings (README "Strict wallets"), changed by configure().
-        self.settings: dict[str, Any] = {"strict_wallets": None}
+        #: Behaviour settings (README "Strict wallets", "Premium licence"), see configure().
+        self.settings: dict[str, Any] = {"strict_wallets": None, "premium": False}
         self.reset(None)
 
     def reset(self, overrides: dict[str, Any] | None) -> dict[str, int]:
@@ -111,12 +112,15 @@ class SandboxState:
         return self.store.load(data)
 
     def configure(self, settings: dict[str, Any]) -> dict[str, Any]:
-        """Change behaviour settings (``strict_wallets``: null, 400 or 422); returns them all."""
+        """Change behaviour settings (``strict_wallets``: null, 400 or 422; ``premium``: a
+        licence, true or false); returns them all."""
         for name, value in settings.items():
             if name not in self.settings:
                 raise ValueError(f"unknown setting {name!r} (known: {', '.join(self.settings)})")
             if name == "strict_wallets" and value not in (None, *STRICT_STATUSES):
                 raise ValueError(f"strict_wallets must be null, 400 or 422 (got {value!r})")
+            if name == "premium" and not isinstance(value, bool):
+                raise ValueError(f"premium must be true or false (got {value!r})")
         self.settings.update(settings)
         return dict(self.settings)
 
@@ -576,6 +580,14 @@ _HANDLERS: dict[str, Handler] = {
         )
     },
 }
+
+
+# Read endpoints of issue 13, one module per family (usage history and alerts, analytics,
+# activity and API logs).
+for _family in ("usage", "analytics", "logs"):
+    for _method, _pattern, _fn in importlib.import_module(f"tests.lago_sandbox.{_family}").ROUTES:
+        _route(_method, _pattern)(_fn)
+        _HANDLERS[_fn.__name__] = _fn
 
 
 def resolve(method: str, path: str) -> tuple[Handler, dict[str, str]] | None:
