@@ -57,6 +57,13 @@ def require_premium(ctx: RequestContext) -> None:
         raise forbidden("feature_unavailable")
 
 
+def require_read(ctx: RequestContext, resource: str) -> None:
+    """403 ``read_action_not_allowed_for_<resource>`` when the key may not read it (the
+    ``read_denied`` setting: an organisation with API-key permissions)."""
+    if resource in ctx.state.settings.get("read_denied", ()):
+        raise forbidden(f"read_action_not_allowed_for_{resource}")
+
+
 def first(ctx: RequestContext, name: str) -> str | None:
     """The first value of a query parameter."""
     values = ctx.query.get(name)
@@ -505,6 +512,7 @@ def _series_handler(endpoint: str) -> Callable[[RequestContext], bytes]:
     wrapper, series, premium, by_customer = _SERIES[endpoint]
 
     def handler(ctx: RequestContext) -> bytes:
+        require_read(ctx, "analytic")
         if premium:
             require_premium(ctx)
         with ctx.store.lock:
@@ -517,6 +525,7 @@ def _series_handler(endpoint: str) -> Callable[[RequestContext], bytes]:
 
 def analytics_usage(ctx: RequestContext) -> bytes:
     """``GET /analytics/usage`` (no 403 without a licence: a narrower answer)."""
+    require_read(ctx, "analytic")
     with ctx.store.lock:
         rows = usage(ctx, ctx.store)
     return dumps({"usages": rows})

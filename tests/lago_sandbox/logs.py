@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from tests.lago_sandbox import objects as o
-from tests.lago_sandbox.analytics import derived_id, first, require_premium
+from tests.lago_sandbox.analytics import derived_id, first, require_premium, require_read
 from tests.lago_sandbox.store import (
     JsonObj,
     Store,
@@ -177,6 +177,7 @@ _ACTIVITY_FILTERS = {
 
 def list_activity_logs(ctx: RequestContext) -> bytes:
     """``GET /activity_logs``."""
+    require_read(ctx, "activity_log")
     require_premium(ctx)
     with ctx.store.lock:
         rows = activities(ctx.store)
@@ -191,6 +192,7 @@ def list_activity_logs(ctx: RequestContext) -> bytes:
 
 def get_activity_log(ctx: RequestContext) -> bytes:
     """``GET /activity_logs/{activity_id}`` (no retention window)."""
+    require_read(ctx, "activity_log")
     require_premium(ctx)
     with ctx.store.lock:
         rows = activities(ctx.store)
@@ -221,6 +223,7 @@ def _path_matches(wanted: list[str], path: str) -> bool:
 
 def list_api_logs(ctx: RequestContext) -> bytes:
     """``GET /api_logs``."""
+    require_read(ctx, "api_log")
     require_premium(ctx)
     with ctx.store.lock:
         rows = api_logs(ctx.store)
@@ -239,6 +242,7 @@ def list_api_logs(ctx: RequestContext) -> bytes:
 
 def get_api_log(ctx: RequestContext) -> bytes:
     """``GET /api_logs/{request_id}`` (no retention window)."""
+    require_read(ctx, "api_log")
     require_premium(ctx)
     with ctx.store.lock:
         rows = api_logs(ctx.store)

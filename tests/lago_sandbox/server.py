@@ -102,7 +102,11 @@ class SandboxState:
         self.requests_lock = threading.Lock()
         self.stopping = threading.Event()
         #: Behaviour settings (README "Strict wallets", "Premium licence"), see configure().
-        self.settings: dict[str, Any] = {"strict_wallets": None, "premium": False}
+        self.settings: dict[str, Any] = {
+            "strict_wallets": None,
+            "premium": False,
+            "read_denied": [],
+        }
         self.reset(None)
 
     def reset(self, overrides: dict[str, Any] | None) -> dict[str, int]:
@@ -113,7 +117,8 @@ class SandboxState:
 
     def configure(self, settings: dict[str, Any]) -> dict[str, Any]:
         """Change behaviour settings (``strict_wallets``: null, 400 or 422; ``premium``: a
-        licence, true or false); returns them all."""
+        licence, true or false; ``read_denied``: permission resources the key may not
+        read); returns them all."""
         for name, value in settings.items():
             if name not in self.settings:
                 raise ValueError(f"unknown setting {name!r} (known: {', '.join(self.settings)})")
@@ -121,6 +126,10 @@ class SandboxState:
                 raise ValueError(f"strict_wallets must be null, 400 or 422 (got {value!r})")
             if name == "premium" and not isinstance(value, bool):
                 raise ValueError(f"premium must be true or false (got {value!r})")
+            if name == "read_denied" and not (
+                isinstance(value, list) and all(isinstance(v, str) for v in value)
+            ):
+                raise ValueError(f"read_denied must be a list of resource names (got {value!r})")
         self.settings.update(settings)
         return dict(self.settings)
 

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from tests.lago_sandbox import objects as o
-from tests.lago_sandbox.analytics import ORGANIZATION_ID, derived_id, first
+from tests.lago_sandbox.analytics import ORGANIZATION_ID, derived_id, first, require_read
 from tests.lago_sandbox.store import (
     JsonObj,
     Store,
@@ -124,6 +124,7 @@ def past_usage(store: Store, customer_ext: str, subscription_ext: str) -> list[J
 
 def customer_past_usage(ctx: RequestContext) -> bytes:
     """``GET /customers/{external_customer_id}/past_usage`` (the customer is not looked up)."""
+    require_read(ctx, "customer_usage")
     subscription_ext = first(ctx, "external_subscription_id")
     if not subscription_ext:
         raise unprocessable({"external_subscription_id": ["value_is_mandatory"]})
@@ -195,6 +196,7 @@ def lifetime_usage(store: Store, external_id: str) -> JsonObj:
 
 def subscription_lifetime_usage(ctx: RequestContext) -> bytes:
     """``GET /subscriptions/{external_id}/lifetime_usage`` (404 lifetime_usage_not_found)."""
+    require_read(ctx, "lifetime_usage")
     with ctx.store.lock:
         return dumps({"lifetime_usage": lifetime_usage(ctx.store, ctx.path_params["external_id"])})
 
@@ -316,6 +318,7 @@ def _alerts_page(ctx: RequestContext, alerts: list[JsonObj]) -> bytes:
 def list_subscription_alerts(ctx: RequestContext) -> bytes:
     """``GET /subscriptions/{external_id}/alerts``: the subscription must exist in
     ``subscription_status`` (or ``status``; default active), else 404."""
+    require_read(ctx, "alert")
     external_id = ctx.path_params["external_id"]
     status = first(ctx, "subscription_status") or first(ctx, "status") or "active"
     with ctx.store.lock:
@@ -330,6 +333,7 @@ def list_subscription_alerts(ctx: RequestContext) -> bytes:
 def list_wallet_alerts(ctx: RequestContext) -> bytes:
     """``GET /customers/{external_customer_id}/wallets/{code}/alerts``: 404
     customer_not_found, then wallet_not_found; an active wallet wins a code collision."""
+    require_read(ctx, "alert")
     store = ctx.store
     with store.lock:
         customer = store.customer(ctx.path_params["external_customer_id"])
