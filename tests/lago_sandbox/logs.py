@@ -5,7 +5,8 @@ customer, subscription, wallet, invoice, credit note, plan and billable metric h
 ``<resource>.created`` activity, logged at its ``created_at``; plans and billable metrics
 were made in the front end by a user, invoices and credit notes by the system, the rest
 through the API, and each API activity has the ``POST`` request that made it in the API
-logs. Writes made to the sandbox while it runs are not logged.
+logs. An object created while the sandbox runs has its activity too; changes and
+deletions are not logged.
 """
 
 from __future__ import annotations
