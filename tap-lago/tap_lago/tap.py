@@ -102,7 +102,7 @@ class TapLago(Tap):
             title="Maximum concurrency",
             description=(
                 "Requests in flight at once: later pages of a list, and the first "
-                "requests of child streams (wallet transactions, customer usage) for a "
+                "requests of child streams (wallet transactions, usage, alerts) for a "
                 "page of parents, are fetched ahead while records still come out in "
                 "order. 1 reads one page at a time. A 429 pauses every new request for "
                 "the time the server asks."
