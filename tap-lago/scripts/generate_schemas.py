@@ -25,6 +25,8 @@ Corrections to the spec, so that every value lago-api v1.51 sends validates:
   numbers, so loaders make them ``numeric`` columns. Only top-level fields are retyped;
   nested objects keep the spec's strings (they land in one JSON column anyway).
 - Fields the server sends that the spec lacks or leaves undefined (``EXTRA_PROPERTIES``).
+- Rows flattened from an array of the listed object (``FLATTENED``: past usage is one row
+  per charge of each period) merge the entry's fields with the object's other fields.
 - Nested fields the server sends outside the spec's type or enum, or that the spec
   omits (``SERVER_FIELDS``).
 - Nested objects accept properties they do not declare (``additionalProperties``), and
@@ -90,7 +92,76 @@ STREAMS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "features": ("/features", "features", ("code",)),
     "entitlements": ("/plans/{code}/entitlements", "entitlements", ("plan_code", "code")),
     "webhook_endpoints": ("/webhook_endpoints", "webhook_endpoints", ("lago_id",)),
+    "customer_past_usage": (
+        "/customers/{external_customer_id}/past_usage",
+        "usage_periods",
+        ("external_subscription_id", "from_datetime", "lago_invoice_id", "lago_charge_id"),
+    ),
+    "subscription_lifetime_usage": (
+        "/subscriptions/{external_id}/lifetime_usage",
+        "lifetime_usage",
+        ("lago_id",),
+    ),
+    "subscription_alerts": ("/subscriptions/{external_id}/alerts", "alerts", ("lago_id",)),
+    "wallet_alerts": (
+        "/customers/{external_customer_id}/wallets/{wallet_code}/alerts",
+        "alerts",
+        ("lago_id",),
+    ),
+    "gross_revenue": (
+        "/analytics/gross_revenue",
+        "gross_revenues",
+        ("month", "currency", "billing_entity_id"),
+    ),
+    "invoiced_usage": (
+        "/analytics/invoiced_usage",
+        "invoiced_usages",
+        ("month", "currency", "code"),
+    ),
+    "mrr": ("/analytics/mrr", "mrrs", ("month", "currency")),
+    "overdue_balance": (
+        "/analytics/overdue_balance",
+        "overdue_balances",
+        ("month", "currency", "billing_entity_id"),
+    ),
+    "invoice_collection": (
+        "/analytics/invoice_collection",
+        "invoice_collections",
+        ("month", "payment_status", "currency"),
+    ),
+    "usage": (
+        "/analytics/usage",
+        "usages",
+        ("start_of_period_dt", "end_of_period_dt", "billable_metric_code", "amount_currency"),
+    ),
+    "activity_logs": ("/activity_logs", "activity_logs", ("activity_id", "logged_at")),
+    "api_logs": ("/api_logs", "api_logs", ("request_id", "logged_at")),
 }
+
+# Streams whose row is one entry of an array of the listed object, merged with that
+# object's other fields: stream -> (array field, {object field: row column}). Past usage
+# is one row per charge of each period; the period's amounts cover its whole invoice
+# (LAGO_API_READS.md §7), hence the ``invoice_`` names.
+FLATTENED: dict[str, tuple[str, dict[str, str]]] = {
+    "customer_past_usage": (
+        "charges_usage",
+        {
+            "amount_cents": "invoice_amount_cents",
+            "taxes_amount_cents": "invoice_taxes_amount_cents",
+            "total_amount_cents": "invoice_total_amount_cents",
+        },
+    ),
+}
+
+#: ``alert_type`` values of subscription alerts in v1.51 (the spec lacks the last one).
+_SUBSCRIPTION_ALERT_TYPES = [
+    "billable_metric_current_usage_amount",
+    "billable_metric_current_usage_units",
+    "billable_metric_lifetime_usage_units",
+    "current_usage_amount",
+    "lifetime_usage_amount",
+]
+
 
 # Fields missing from the spec's item schema: keys the tap adds to records (usage), and
 # fields the v1.51 serializers send that the spec leaves out or never defines
@@ -120,6 +191,57 @@ EXTRA_PROPERTIES: dict[str, dict[str, dict[str, t.Any]]] = {
     "billing_entities": {
         "einvoicing": {"type": ["boolean", "null"]},
         "phone": {"type": ["string", "null"]},
+    },
+    "customer_past_usage": {
+        "external_customer_id": {"type": ["string", "null"]},
+        "external_subscription_id": {"type": "string"},
+        "lago_charge_id": {"format": "uuid", "type": "string"},
+        "billable_metric_code": {"type": ["string", "null"]},
+    },
+    # LAGO_API_READS.md §9: previous_value is a decimal string; alert_type lacks one value.
+    "subscription_alerts": {
+        "alert_type": {"enum": [*_SUBSCRIPTION_ALERT_TYPES, None], "type": ["string", "null"]},
+        "previous_value": {"type": ["number", "null"]},
+        "subscription_external_id": {"type": ["string", "null"]},
+    },
+    "wallet_alerts": {
+        "previous_value": {"type": ["number", "null"]},
+        "subscription_external_id": {"type": ["string", "null"]},
+    },
+    # LAGO_API_READS.md §11: amounts are floats or decimal strings, counts of gross revenue
+    # decimal strings, billing_entity_id undocumented; currency and payment_status are null
+    # in the row of a month without data (a key, so a plain string: "" stands in).
+    "gross_revenue": {
+        "amount_cents": {"type": ["number", "null"]},
+        "billing_entity_id": {"type": "string"},
+        "currency": {"type": "string"},
+        "invoices_count": {"type": ["number", "null"]},
+    },
+    "invoiced_usage": {
+        "amount_cents": {"type": ["number", "null"]},
+        "currency": {"type": "string"},
+    },
+    "mrr": {
+        "amount_cents": {"type": ["number", "null"]},
+        "currency": {"type": "string"},
+    },
+    "overdue_balance": {
+        "amount_cents": {"type": ["number", "null"]},
+        "billing_entity_id": {"type": "string"},
+        "currency": {"type": "string"},
+    },
+    "invoice_collection": {
+        "amount_cents": {"type": ["number", "null"]},
+        "currency": {"type": "string"},
+        "payment_status": {"type": "string"},
+    },
+    "usage": {
+        "amount_currency": {"type": "string"},
+    },
+    # LAGO_API_READS.md §12: the bodies are maps (the spec says strings; both accepted).
+    "api_logs": {
+        "request_body": {"additionalProperties": True, "type": ["object", "string", "null"]},
+        "request_response": {"additionalProperties": True, "type": ["object", "string", "null"]},
     },
 }
 
@@ -320,6 +442,8 @@ def build_schema(spec: dict[str, t.Any], stream: str) -> dict[str, t.Any]:
     item = _item_schema(spec, path, wrapper)
     resolver = _Resolver(spec)
     schema = resolver.convert(item, (), nullable=False)
+    if stream in FLATTENED:
+        schema = _flatten(schema, *FLATTENED[stream])
     schema["type"] = "object"
     # Top-level fields the schema lacks go to UNKNOWN_FIELDS (the tap moves them there).
     schema.pop("additionalProperties", None)
@@ -352,6 +476,19 @@ def build_schema(spec: dict[str, t.Any], stream: str) -> dict[str, t.Any]:
     schema["properties"] = dict(sorted(props.items()))
     schema["required"] = sorted(keys)
     return schema
+
+
+def _flatten(schema: dict[str, t.Any], array: str, renamed: dict[str, str]) -> dict[str, t.Any]:
+    """The schema of one entry of ``array`` with the enclosing object's other fields."""
+    props = dict(schema["properties"])
+    entry = props.pop(array)["items"]
+    row = {renamed.get(name, name): prop for name, prop in props.items()}
+    clashes = set(row) & set(entry["properties"])
+    if clashes:
+        msg = f"{array}: rename the enclosing fields {sorted(clashes)}"
+        raise ValueError(msg)
+    row.update(entry["properties"])
+    return {**entry, "properties": row}
 
 
 def _decimal_fields(stream: str, props: dict[str, t.Any]) -> list[str]:

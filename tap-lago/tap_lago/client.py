@@ -33,7 +33,7 @@ from tap_lago.replication import (
     api_datetime,
     parse_datetime,
 )
-from tap_lago.transport import ListRefusedError, ParentGoneError
+from tap_lago.transport import ListRefusedError, ParentGoneError, PremiumOnlyError
 from tap_lago.writer import LagoMessageWriter, conformance_check
 
 if t.TYPE_CHECKING:
@@ -50,6 +50,7 @@ __all__ = [
     "LagoWindowedStream",
     "ListRefusedError",
     "ParentGoneError",
+    "PremiumOnlyError",
     "api_datetime",
     "parse_datetime",
 ]

@@ -384,6 +384,8 @@ class PagingStream(TransportStream):
 
     def prefetch(self, context: Context) -> None:
         """Start this (child) stream's first request for ``context`` in the background."""
+        if self.unavailable is not None:
+            return
         prepared = self.prepare_page(context, 1)
         url = str(prepared.url)
         if self._prefetched is None:

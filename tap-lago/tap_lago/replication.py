@@ -23,6 +23,7 @@ import requests
 from tap_lago.paging import PagingStream
 from tap_lago.parsing import response_meta
 from tap_lago.preflight import parse_setting_datetime
+from tap_lago.transport import PremiumOnlyError
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterable
@@ -107,6 +108,8 @@ class ReplicationStream(PagingStream):
     _seen: SeenKeys | None = None
     _signpost_value: str | None = None
     _max_bookmark: str | None = None
+    #: The ACTIVATE_VERSION held back until the stream's first response is in.
+    _pending_version: int | None = None
 
     # Bookmarks ------------------------------------------------------------------------
 
@@ -187,7 +190,11 @@ class ReplicationStream(PagingStream):
         return tuple(map(record.get, self.primary_keys))
 
     def get_records(self, context: Context | None) -> Iterable[dict[str, t.Any]]:
-        """Request every page, keep records past the bookmark, drop repeated keys."""
+        """Request every page, keep records past the bookmark, drop repeated keys.
+
+        A stream the server refuses with 403 ``feature_unavailable`` (no premium licence)
+        is skipped with one WARNING line, for the rest of the run.
+        """
         top_level = context is None and self.parent_stream_type is None
         if top_level:
             check = getattr(self._tap, "check_connection_once", None)
@@ -199,8 +206,22 @@ class ReplicationStream(PagingStream):
         dupes_before = seen.duplicates
         progress = self.progress
         started = progress.start()
+        emitted = False
         try:
-            yield from self._filtered_records(self.request_records(context), context, seen)
+            if self.unavailable is None:
+                records = iter(self._filtered_records(self.request_records(context), context, seen))
+                first = next(records, None)
+                self._activate_version()  # the stream is readable: old rows may now go
+                if first is not None:
+                    emitted = True
+                    yield first
+                    yield from records
+        except PremiumOnlyError as exc:
+            if emitted:
+                raise
+            self._pending_version = None
+            self.unavailable = exc
+            self.logger.warning("%s", exc)
         finally:
             progress.seconds += time.monotonic() - started
         for child in self.child_streams:
@@ -211,6 +232,20 @@ class ReplicationStream(PagingStream):
                 self.name,
                 seen.duplicates - dupes_before,
             )
+
+    def _write_activate_version_message(self, full_table_version: int) -> None:
+        """Held back until the stream's first response is in (:meth:`get_records`).
+
+        A stream the server refuses (no premium licence) then never tells the loader that
+        its rows are gone.
+        """
+        self._pending_version = full_table_version
+
+    def _activate_version(self) -> None:
+        """Write the ACTIVATE_VERSION held back, if any."""
+        version, self._pending_version = self._pending_version, None
+        if version is not None:
+            super()._write_activate_version_message(version)
 
     def _filtered_records(
         self,

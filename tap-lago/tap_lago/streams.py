@@ -38,6 +38,26 @@ Replication at a glance (endpoint; primary key; method and key):
   child of plans (no timestamps)
 - webhook_endpoints: /webhook_endpoints; lago_id; FULL_TABLE (at most 10, editable,
   deleted outright)
+- customer_past_usage: /customers/{external_customer_id}/past_usage?external_subscription_id=;
+  one row per charge of each closed period: (external_subscription_id, from_datetime,
+  lago_invoice_id, lago_charge_id); INCREMENTAL from_datetime with a bookmark per
+  subscription, child of active and terminated subscriptions; newest first, so paging
+  stops below the bookmark, whose own period is read again
+- subscription_lifetime_usage: /subscriptions/{external_id}/lifetime_usage; lago_id;
+  FULL_TABLE (a snapshot), child of active and terminated subscriptions
+- subscription_alerts: /subscriptions/{external_id}/alerts?subscription_status=; lago_id;
+  FULL_TABLE (no change key), child of subscriptions; wallet_alerts:
+  /customers/{external_customer_id}/wallets/{code}/alerts; lago_id; FULL_TABLE, child of
+  wallets
+- gross_revenue, invoiced_usage, mrr, overdue_balance, invoice_collection, usage:
+  /analytics/<name>, one unpaginated request each (tap_lago.analytics); keyed by month (or
+  period) and currency, plus billing entity, metric or payment status; FULL_TABLE (past
+  months change too)
+- activity_logs, api_logs: /activity_logs?from_date=, /api_logs?from_date=; activity_id,
+  request_id; INCREMENTAL logged_at, server-side by day, exact client-side (tap_lago.logs)
+
+A stream the server refuses with 403 ``feature_unavailable`` (invoiced_usage, mrr,
+invoice_collection and the logs without a premium licence) is skipped with one line.
 
 Every FULL_TABLE stream emits ACTIVATE_VERSION (setting ``emit_activate_version_messages``),
 so loaders that support it remove rows that disappeared from Lago.
@@ -53,6 +73,9 @@ import datetime as dt
 import typing as t
 from http import HTTPStatus
 
+from singer_sdk.exceptions import AbortedSyncFailedException, AbortedSyncPausedException
+
+from tap_lago.analytics import ANALYTICS_STREAMS
 from tap_lago.client import (
     LagoChildStream,
     LagoStream,
@@ -62,10 +85,13 @@ from tap_lago.client import (
     api_datetime,
     parse_datetime,
 )
+from tap_lago.logs import LOG_STREAMS
+from tap_lago.replication import canonical
 
 if t.TYPE_CHECKING:
     from collections.abc import Generator, Iterable
 
+    import requests
     from singer_sdk.helpers.types import Context
 
 #: Every subscription status of v1.51 (``Subscription::STATUSES``). All are valid filter
@@ -75,6 +101,16 @@ SUBSCRIPTION_STATUSES = ["active", "pending", "terminated", "canceled", "incompl
 
 #: ``external_subscription_id`` of an event sent without a subscription (a key field).
 NO_SUBSCRIPTION = ""
+
+#: Statuses in which ``GET /subscriptions/{external_id}/alerts`` can look a subscription up.
+SUBSCRIPTION_ALERT_STATUSES = ("active", "pending", "terminated", "canceled")
+
+#: Past usage: the period's amounts cover its whole invoice (LAGO_API_READS.md §7).
+RENAMED_PERIOD_FIELDS = {
+    "amount_cents": "invoice_amount_cents",
+    "taxes_amount_cents": "invoice_taxes_amount_cents",
+    "total_amount_cents": "invoice_total_amount_cents",
+}
 
 
 class _UpdatedAtStream(LagoStream):
@@ -156,11 +192,27 @@ class SubscriptionsStream(LagoStream):
     def generate_child_contexts(  # noqa: D102
         self, record: dict[str, t.Any], context: Context | None
     ) -> Iterable[dict[str, t.Any]]:
-        if record.get("status") == "active":
-            yield {
-                "external_customer_id": record["external_customer_id"],
-                "external_subscription_id": record["external_id"],
-            }
+        # Every subscription: each child reads the statuses it needs (_PerSubscription).
+        yield {
+            "external_customer_id": record["external_customer_id"],
+            "external_subscription_id": record["external_id"],
+            "status": record.get("status"),
+        }
+
+    def _sync_children(self, child_context: Context | None) -> None:
+        """The SDK's loop, but each child syncs only the subscriptions it reads.
+
+        The others cost no request, state partition, ACTIVATE_VERSION or METRIC line.
+        """
+        for child in self.child_streams:
+            if not (child.selected or child.has_selected_descendents):
+                continue
+            if isinstance(child, _PerSubscription) and not child.wants(child_context):
+                continue
+            try:
+                child.sync(context=child_context)
+            except (AbortedSyncFailedException, AbortedSyncPausedException):
+                continue
 
 
 class InvoicesStream(_IssuingDateStream):
@@ -295,7 +347,11 @@ class WalletsStream(LagoStream):
     def get_child_context(  # noqa: D102
         self, record: dict[str, t.Any], context: Context | None
     ) -> dict[str, t.Any]:
-        return {"wallet_id": record["lago_id"]}
+        return {
+            "wallet_id": record["lago_id"],
+            "external_customer_id": record.get("external_customer_id"),
+            "wallet_code": record.get("code"),
+        }
 
 
 class WalletTransactionsStream(LagoChildStream):
@@ -323,13 +379,49 @@ class AppliedCouponsStream(LagoStream):
     primary_keys = ("lago_id",)
 
 
-class CustomerUsageStream(LagoChildStream):
+class _PerSubscription(LagoChildStream):
+    """A child of subscriptions read once per subscription ``external_id`` in ``statuses``.
+
+    Subscriptions sharing an ``external_id`` (an upgrade leaves a terminated and an active
+    one) share what these endpoints serve: the first one listed is read, the others not.
+    """
+
+    parent_stream_type = SubscriptionsStream
+    #: Subscription statuses this endpoint has something for.
+    statuses: t.ClassVar[frozenset[str]] = frozenset({"active", "terminated"})
+    _read: set[tuple[str, str]] | None = None
+
+    def wants(self, context: Context | None) -> bool:
+        """Whether to read this subscription: its ``external_id`` is not read yet.
+
+        And its status is in ``statuses``, or unknown.
+        """
+        context = context or {}
+        key = (context.get("external_customer_id"), context.get("external_subscription_id"))
+        status = context.get("status")
+        return (status is None or status in self.statuses) and key not in (self._read or set())
+
+    def prefetch(self, context: Context) -> None:
+        if self.wants(context):
+            super().prefetch(context)
+
+    def request_records(self, context: Context | None) -> Iterable[dict[str, t.Any]]:
+        if not self.wants(context):
+            return ()
+        if self._read is None:
+            self._read = set()
+        context = context or {}
+        self._read.add((context["external_customer_id"], context["external_subscription_id"]))
+        return super().request_records(context)
+
+
+class CustomerUsageStream(_PerSubscription):
     """Current-period usage of each active subscription (a snapshot per sync)."""
 
     name = "customer_usage"
     path = "/customers/{external_customer_id}/current_usage"
     primary_keys = ("external_customer_id", "external_subscription_id", "from_datetime")
-    parent_stream_type = SubscriptionsStream
+    statuses = frozenset({"active"})
     paginated = False
     # 404: customer or subscription gone; 405 no_active_subscription: ended meanwhile.
     skippable_child_statuses = frozenset({HTTPStatus.NOT_FOUND, HTTPStatus.METHOD_NOT_ALLOWED})
@@ -429,6 +521,132 @@ class WebhookEndpointsStream(LagoStream):
     primary_keys = ("lago_id",)
 
 
+class CustomerPastUsageStream(_PerSubscription):
+    """Usage of each closed period, one row per charge (``charges_usage`` flattened).
+
+    The list is newest period first and has no time filter: each subscription keeps its
+    own bookmark (periods of different subscriptions close at different times, so one
+    bookmark for all would skip a yearly period closing after a newer monthly one), and
+    paging stops at the first period older than it. The bookmark's own period is read
+    again: its invoice may still be a draft, or be followed by another invoice of the same
+    period (progressive billing, a regenerated invoice).
+    """
+
+    name = "customer_past_usage"
+    path = "/customers/{external_customer_id}/past_usage"
+    primary_keys = (
+        "external_subscription_id",
+        "from_datetime",
+        "lago_invoice_id",
+        "lago_charge_id",
+    )
+    records_key = "usage_periods"
+    replication_key = "from_datetime"
+    client_side_filter = True
+    state_partitioning_keys: t.ClassVar[list[str]] = [
+        "external_customer_id",
+        "external_subscription_id",
+    ]
+    page_ahead = False  # pages beyond the bookmark are not wanted
+
+    def filter_params(self, context: Context | None) -> dict[str, t.Any]:  # noqa: D102
+        return {"external_subscription_id": (context or {})["external_subscription_id"]}
+
+    def parse_response(self, response: requests.Response) -> Iterable[dict[str, t.Any]]:
+        """One row per charge of each period; the period's amounts are its invoice's."""
+        for period in super().parse_response(response):
+            common = {
+                RENAMED_PERIOD_FIELDS.get(name, name): value
+                for name, value in period.items()
+                if name != "charges_usage"
+            }
+            for charge in period.get("charges_usage") or ():
+                row = {**common, **charge}
+                row["lago_charge_id"] = (charge.get("charge") or {}).get("lago_id")
+                row["billable_metric_code"] = (charge.get("billable_metric") or {}).get("code")
+                yield row
+
+    def request_records(self, context: Context | None) -> Iterable[dict[str, t.Any]]:
+        """Rows down to the bookmark's period; then the subscription's bookmark moves.
+
+        Newest first, so the first period older than the bookmark ends the walk (the rest
+        was read before). The bookmark becomes the newest period read once its rows are
+        all out, as a completed window does for events.
+        """
+        start = self.start_datetime(context)
+        newest: str | None = None
+        for row in super().request_records(context):
+            value = row.get("from_datetime")
+            if value:
+                if start is not None and parse_datetime(value) < start:
+                    break
+                newest = max(newest or "", canonical(value))
+            yield row
+        if newest:
+            state = self.get_context_state(context)
+            state["replication_key"] = self.replication_key
+            state["replication_key_value"] = newest
+            self.state_manager.is_flushed = False
+
+    def _increment_stream_state(
+        self, latest_record: dict[str, t.Any], *, context: Context | None = None
+    ) -> None:
+        """Records do not move the bookmark: a subscription read to the end does."""
+
+    def prepare_record(  # noqa: D102
+        self, record: dict[str, t.Any], context: Context | None
+    ) -> dict[str, t.Any]:
+        return {
+            **record,
+            "external_customer_id": (context or {})["external_customer_id"],
+            "external_subscription_id": (context or {})["external_subscription_id"],
+        }
+
+
+class SubscriptionLifetimeUsageStream(_PerSubscription):
+    """Lifetime usage of each started subscription (a snapshot per sync)."""
+
+    name = "subscription_lifetime_usage"
+    path = "/subscriptions/{external_subscription_id}/lifetime_usage"
+    primary_keys = ("lago_id",)
+    records_key = "lifetime_usage"
+    paginated = False
+
+
+class SubscriptionAlertsStream(_PerSubscription):
+    """Usage alerts of each subscription (matched by ``external_id``, any status)."""
+
+    name = "subscription_alerts"
+    path = "/subscriptions/{external_subscription_id}/alerts"
+    primary_keys = ("lago_id",)
+    records_key = "alerts"
+    statuses = frozenset(SUBSCRIPTION_ALERT_STATUSES)
+
+    def filter_params(self, context: Context | None) -> dict[str, t.Any]:  # noqa: D102
+        # The subscription is looked up in this status (default active), 404 otherwise.
+        return {"subscription_status": (context or {})["status"]}
+
+
+class WalletAlertsStream(LagoChildStream):
+    """Balance alerts of each wallet (addressed by customer and wallet code)."""
+
+    name = "wallet_alerts"
+    path = "/customers/{external_customer_id}/wallets/{wallet_code}/alerts"
+    primary_keys = ("lago_id",)
+    records_key = "alerts"
+    parent_stream_type = WalletsStream
+
+    def prefetch(self, context: Context) -> None:  # noqa: D102
+        if context.get("wallet_code") and context.get("external_customer_id"):
+            super().prefetch(context)
+
+    def request_records(self, context: Context | None) -> Iterable[dict[str, t.Any]]:  # noqa: D102
+        context = context or {}
+        if not (context.get("wallet_code") and context.get("external_customer_id")):
+            return ()  # a wallet without code cannot be addressed
+        return super().request_records(context)
+
+
 STREAM_TYPES: tuple[type[LagoStream], ...] = (
     CustomersStream,
     SubscriptionsStream,
@@ -453,4 +671,10 @@ STREAM_TYPES: tuple[type[LagoStream], ...] = (
     FeaturesStream,
     EntitlementsStream,
     WebhookEndpointsStream,
+    CustomerPastUsageStream,
+    SubscriptionLifetimeUsageStream,
+    SubscriptionAlertsStream,
+    WalletAlertsStream,
+    *ANALYTICS_STREAMS,
+    *LOG_STREAMS,
 )

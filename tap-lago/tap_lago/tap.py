@@ -81,9 +81,10 @@ class TapLago(Tap):
             description=(
                 "Earliest data to read on a first sync, for facts only: events by "
                 "timestamp, fees and payment receipts by creation, invoices and credit "
-                "notes by last update (and issuing date). Dimensions (customers, "
-                "subscriptions, plans, ...) are always read whole on a first sync, so "
-                "every fact finds its customer. Later syncs start from the bookmark."
+                "notes by last update (and issuing date), past usage by period, activity "
+                "and API logs by time. Dimensions (customers, subscriptions, plans, ...) are "
+                "always read whole on a first sync, so every fact finds its customer. "
+                "Later syncs start from the bookmark."
             ),
         ),
         th.Property(
@@ -121,7 +122,7 @@ class TapLago(Tap):
             title="Maximum concurrency",
             description=(
                 "Requests in flight at once: later pages of a list, and the first "
-                "requests of child streams (wallet transactions, customer usage, payment "
+                "requests of child streams (wallet transactions, usage, alerts, payment "
                 "methods, entitlements) for a page of parents, are fetched ahead while "
                 "records still come out in order. 1 reads one page at a time. A 429 "
                 "pauses every new request for the time the server asks."

@@ -55,6 +55,14 @@ class ListRefusedError(FatalAPIError):
     """A list request refused as invalid (400 or 422), e.g. for a filter it requires."""
 
 
+class PremiumOnlyError(FatalAPIError):
+    """403 ``feature_unavailable``: the endpoint needs a Lago premium licence.
+
+    Not an error of the run: ``get_records`` skips the stream (one log line, no record,
+    no ACTIVATE_VERSION, no bookmark moved) and the sync goes on.
+    """
+
+
 #: Exceptions after which the SDK's "An unhandled error occurred" line is only noise: the
 #: error is reported in one line at the end, or the stop is wanted (``--test``).
 _EXPECTED_STOPS = (
@@ -122,6 +130,8 @@ class TransportStream(RESTStream[int]):
     """Sends a stream's requests: Bearer auth, the tap's session, retries, error lines."""
 
     extra_retry_statuses: t.Sequence[int] = (HTTPStatus.TOO_MANY_REQUESTS,)
+    #: Why the server refused this stream (no premium licence), once it did in this run.
+    unavailable: PremiumOnlyError | None = None
     #: Statuses that mean "the parent object is gone": skip this child request.
     skippable_child_statuses: t.ClassVar[frozenset[int]] = frozenset({HTTPStatus.NOT_FOUND})
 
@@ -237,6 +247,21 @@ class TransportStream(RESTStream[int]):
         if status == HTTPStatus.TOO_MANY_REQUESTS or status >= HTTPStatus.INTERNAL_SERVER_ERROR:
             msg = f"{self.name}: HTTP {status} {response.reason} from {where}"
             raise RetriableAPIError(msg, response)
+        code = error_code(response) if status == HTTPStatus.FORBIDDEN else None
+        if code == "feature_unavailable":
+            msg = (
+                f"{self.name}: skipped: this endpoint needs a Lago premium licence "
+                f"(HTTP 403 feature_unavailable for {where}); deselect the stream to "
+                "silence this line"
+            )
+            raise PremiumOnlyError(msg)
+        if code and code.startswith("read_action_not_allowed_for_"):
+            msg = (
+                f"{self.name}: the API key may not read this resource (HTTP 403 {code} for "
+                f"{where}). Give the key read access to it in Lago (Developers > API keys) "
+                f"or deselect the stream {self.name}."
+            )
+            raise FatalAPIError(msg)
         if status in {HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN}:
             msg = (
                 f"{self.name}: Lago refused the request with HTTP {status} "

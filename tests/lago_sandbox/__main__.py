@@ -28,6 +28,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=(400, 422),
         help="refuse GET /wallets without external_customer_id with this status",
     )
+    parser.add_argument(
+        "--premium",
+        action="store_true",
+        help="serve as an organisation with a premium licence (else premium endpoints 403)",
+    )
     parser.add_argument("--seed", type=int, help="random seed of the organisation")
     parser.add_argument("--customers", type=int, help="number of customers")
     parser.add_argument("--events", type=int, help="number of events")
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sandbox.start()
     if sandbox.state is not None:
-        sandbox.state.configure({"strict_wallets": args.strict_wallets})
+        sandbox.state.configure({"strict_wallets": args.strict_wallets, "premium": args.premium})
     print(f"LAGO_SANDBOX_URL={sandbox.url}", flush=True)
     try:
         while not stop.wait(0.5):

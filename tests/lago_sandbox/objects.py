@@ -968,11 +968,13 @@ def customer_usage(
     events: Iterable[dict[str, Any]],
     *,
     now: datetime,
+    period: tuple[datetime, datetime] | None = None,
 ) -> dict[str, Any]:
     """Return the ``CustomerUsageObject`` of a subscription for the current billing period.
 
-    The period is the calendar month containing ``now``, from the later of its start and
-    the subscription's ``started_at``. Only events of that subscription
+    The period is the calendar month containing ``now`` (or ``period``, its first and last
+    second, for a closed one), from the later of its start and the subscription's
+    ``started_at``. Only events of that subscription
     (``external_subscription_id``) with a timestamp in the period up to ``now`` count.
     Each charge of the plan aggregates the events of its billable metric
     (``count_agg``, ``sum_agg``, ``max_agg``, ``unique_count_agg``, ``latest_agg``,
@@ -983,7 +985,7 @@ def customer_usage(
     earlier events into the period, so pass those too for an exact figure; without them the
     total starts at zero and is kept from going negative.
     """
-    period_start, period_end = period_bounds(now)
+    period_start, period_end = period if period is not None else period_bounds(now)
     counted_from = period_start
     if subscription.get("started_at"):
         counted_from = max(period_start, parse_iso(subscription["started_at"]))

@@ -1394,12 +1394,12 @@ class _People:
     ) -> set[str]:
         """Give ``invoice`` a special status; return the ids of fees that must go."""
         invoice["status"] = status
+        invoice["payment_overdue"] = False  # only a finalized invoice can be overdue
         fees = fees_by_invoice.get(invoice["lago_id"], [])
         updated = o.parse_iso(invoice["created_at"]) + timedelta(hours=1)
         updated = min(updated, self.anchor - timedelta(seconds=1))
         if status == "voided":
             invoice["payment_status"] = "pending"
-            invoice["payment_overdue"] = False
             invoice["voided_at"] = o.iso(updated)
         elif status in ("failed", "pending"):
             # failed: the tax provider refused; pending: waiting for it. Not yet payable.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import importlib
 import json
 import re
 import socket
@@ -108,8 +109,14 @@ class SandboxState:
         self.requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=REQUEST_LOG_MAX)
         self.requests_lock = threading.Lock()
         self.stopping = threading.Event()
-        #: Behaviour settings (README "Strict wallets"), changed by configure().
-        self.settings: dict[str, Any] = {"strict_wallets": None, "rate_limits": None}
+        #: Behaviour settings (README "Strict wallets", "Premium licence", "Cloud limits"),
+        #: see configure().
+        self.settings: dict[str, Any] = {
+            "strict_wallets": None,
+            "premium": False,
+            "read_denied": [],
+            "rate_limits": None,
+        }
         #: Lago Cloud's gateway limits (README "Cloud limits"), off unless asked for.
         self.rate_limits = ratelimits.RateLimits()
         self.configure({"rate_limits": rate_limits})
@@ -122,13 +129,24 @@ class SandboxState:
         return self.store.load(data)
 
     def configure(self, settings: dict[str, Any]) -> dict[str, Any]:
-        """Change behaviour settings (README "Admin endpoints"); returns them all."""
+        """Change behaviour settings (README "Admin endpoints"); returns them all.
+
+        ``strict_wallets``: null, 400 or 422; ``premium``: a licence, true or false;
+        ``read_denied``: permission resources the key may not read; ``rate_limits``: see
+        README "Cloud limits".
+        """
         settings = dict(settings)
         for name, value in settings.items():
             if name not in self.settings:
                 raise ValueError(f"unknown setting {name!r} (known: {', '.join(self.settings)})")
             if name == "strict_wallets" and value not in (None, *STRICT_STATUSES):
                 raise ValueError(f"strict_wallets must be null, 400 or 422 (got {value!r})")
+            if name == "premium" and not isinstance(value, bool):
+                raise ValueError(f"premium must be true or false (got {value!r})")
+            if name == "read_denied" and not (
+                isinstance(value, list) and all(isinstance(v, str) for v in value)
+            ):
+                raise ValueError(f"read_denied must be a list of resource names (got {value!r})")
         if "rate_limits" in settings:
             settings["rate_limits"] = ratelimits.parse(settings["rate_limits"])
             self.rate_limits.set(settings["rate_limits"])
@@ -603,6 +621,12 @@ _HANDLERS: dict[str, Handler] = {
 for _method, _pattern, _handler in (*cash.ROUTES, *organisation.ROUTES):
     _route(_method, _pattern)(_handler)
     _HANDLERS[_handler.__name__] = _handler
+# Read endpoints of issue 13, one module per family (usage history and alerts, analytics,
+# activity and API logs).
+for _family in ("usage", "analytics", "logs"):
+    for _method, _pattern, _fn in importlib.import_module(f"tests.lago_sandbox.{_family}").ROUTES:
+        _route(_method, _pattern)(_fn)
+        _HANDLERS[_fn.__name__] = _fn
 
 
 def resolve(method: str, path: str) -> tuple[Handler, dict[str, str]] | None:

@@ -6,14 +6,20 @@ import json
 from pathlib import Path
 
 import pytest
-from tap_lago.streams import STREAM_TYPES
+from tap_lago.tap import TapLago
 
 from tests.pipelines.harness import Meltano, lago_objects
 
 pytestmark = pytest.mark.usefixtures("meltano_installed")
 
-#: Every stream the tap declares (meltano.yml selects them all).
-STREAMS = tuple(stream.name for stream in STREAM_TYPES)
+#: Every stream the tap declares (meltano.yml selects them all) but the premium ones, which
+#: the unlicensed session sandbox refuses: skipped, so no records and no file.
+PREMIUM = {"invoiced_usage", "mrr", "invoice_collection", "activity_logs", "api_logs"}
+STREAMS = tuple(
+    name
+    for name in TapLago(config={"api_key": "unused"}, parse_env_config=False).streams
+    if name not in PREMIUM
+)
 
 
 def test_every_stream_is_written(sandbox, workdir: Path) -> None:

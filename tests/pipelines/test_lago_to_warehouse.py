@@ -62,6 +62,13 @@ COLUMN_TYPES = {
     ("events", "timestamp"): "timestamp without time zone",
     ("fees", "created_at"): "timestamp without time zone",
     ("customers", "_unknown_fields"): "jsonb",
+    ("customer_past_usage", "units"): "numeric",
+    ("customer_past_usage", "from_datetime"): "timestamp without time zone",
+    ("mrr", "amount_cents"): "numeric",
+    ("gross_revenue", "invoices_count"): "numeric",
+    ("subscription_alerts", "previous_value"): "numeric",
+    ("activity_logs", "logged_at"): "timestamp without time zone",
+    ("activity_logs", "activity_object"): "jsonb",
 }
 #: More digits than a double holds: they must survive the whole pipeline.
 EXACT = "123456789012345678901234.123456789012345"
@@ -118,6 +125,9 @@ def test_each_stream_lands_as_a_table_then_only_changes_merge(
     sandbox_factory, warehouse: PostgresServer, workdir: Path
 ) -> None:
     lago = sandbox_factory(seed={"seed": 11, "customers": 8, "events": 600, "unattached_events": 3})
+    # Licensed, so the premium streams (selected, as every stream is) land with rows too;
+    # unlicensed they are skipped with a warning (tests/tap/test_read_api.py).
+    lago.configure(premium=True)
     fee = lago_objects(lago, "fees")[0]
     lago.upsert("fees", {"lago_id": fee["lago_id"], "precise_amount": EXACT})
     meltano = Meltano(
@@ -141,8 +151,16 @@ def test_each_stream_lands_as_a_table_then_only_changes_merge(
     tables = {table for schema, table in listed if schema == "lago"}
     assert set(TapLago(config={"api_key": "unused"}, parse_env_config=False).streams) <= tables
 
-    # Decimals are exact numerics, timestamps are timestamps.
+    # Every stream is a table; the usage history, analytics and logs hold rows.
     types = _column_types(warehouse)
+    tables = {table for table, _ in types}
+    streams = TapLago(config={"api_key": "unused"}, parse_env_config=False).streams
+    assert set(streams) - tables == set()
+    for table in ("customer_past_usage", "subscription_lifetime_usage", "gross_revenue", "mrr",
+                  "invoice_collection", "usage", "activity_logs"):  # fmt: skip
+        assert table_values(warehouse, "lago", table, "count(*)")[0][0] > 0, table
+
+    # Decimals are exact numerics, timestamps are timestamps.
     assert {column: types.get(column) for column in COLUMN_TYPES} == COLUMN_TYPES
     exact = dict(table_values(warehouse, "lago", "fees", "lago_id::text, precise_amount"))
     assert exact[fee["lago_id"]] == decimal.Decimal(EXACT)

@@ -72,6 +72,10 @@ def test_cli_serves_the_seeded_org_and_stops_on_signal(launch, sig: signal.Signa
     assert customers["meta"]["total_count"] == 3
     wrong = requests.get(url + "/events", headers={"Authorization": "Bearer x"}, timeout=10)
     assert wrong.status_code == 401
+    premium = requests.get(
+        url + "/analytics/mrr", headers={"Authorization": "Bearer cli-key"}, timeout=10
+    )
+    assert (premium.status_code, premium.json()["code"]) == (403, "feature_unavailable")
     proc.send_signal(sig)
     assert proc.wait(timeout=15) == 0
     assert proc.stdout is not None
@@ -80,20 +84,24 @@ def test_cli_serves_the_seeded_org_and_stops_on_signal(launch, sig: signal.Signa
         requests.get(url + "/events", timeout=2)
 
 
-def test_cli_latency_option_is_accepted_and_port_is_honoured(launch) -> None:
+def test_cli_latency_and_premium_options_are_accepted_and_port_is_honoured(launch) -> None:
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     proc, url = launch(
-        "--port", str(port), "--customers", "1", "--events", "0", "--latency-ms", "5"
+        "--port", str(port), "--customers", "1", "--events", "0", "--latency-ms", "5", "--premium"
     )
     assert url == f"http://127.0.0.1:{port}/api/v1"
     response = requests.get(
         url + "/taxes", headers={"Authorization": "Bearer test-api-key"}, timeout=10
     )
     assert response.status_code == 200
+    licensed = requests.get(
+        url + "/analytics/mrr", headers={"Authorization": "Bearer test-api-key"}, timeout=10
+    )
+    assert licensed.status_code == 200, "--premium serves the premium endpoints"
     proc.terminate()
     assert proc.wait(timeout=15) == 0
 

@@ -48,7 +48,12 @@ def test_a_bad_setting_is_refused(sandbox_factory: Any) -> None:
         response = requests.post(f"{sb.base_url}/_sandbox/settings", json=body, timeout=10)
         assert response.status_code == 400
     assert requests.get(f"{sb.base_url}/_sandbox/settings", timeout=10).json() == {
-        "settings": {"strict_wallets": None, "rate_limits": None}
+        "settings": {
+            "strict_wallets": None,
+            "premium": False,
+            "read_denied": [],
+            "rate_limits": None,
+        }
     }
 
 

@@ -9,6 +9,7 @@ from singer_sdk.testing import get_tap_test_class
 from singer_sdk.testing.runners import TapTestRunner
 from tap_lago.tap import TapLago
 
+from tests.conftest import SESSION_SEED
 from tests.tap.conftest import tap_config
 
 # Discovery at import time only needs a syntactically valid config; the runner below
@@ -22,7 +23,10 @@ class TestTapLagoStandard(_StandardTests):
     """SDK standard tests (discovery, CLI, every stream returns records matching its schema)."""
 
     @pytest.fixture(scope="class")
-    def runner(self, sandbox: Any) -> TapTestRunner:
+    def runner(self, sandbox_factory: Any) -> TapTestRunner:
+        # Licensed, so that the premium streams return records too.
+        sandbox = sandbox_factory(seed=dict(SESSION_SEED))
+        sandbox.configure(premium=True)
         test_runner = TapTestRunner(
             tap_class=TapLago,
             config=tap_config(sandbox, page_size=50),

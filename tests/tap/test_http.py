@@ -16,7 +16,6 @@ from singer_sdk.exceptions import RetriableAPIError
 from tap_lago.tap import TapLago
 
 from tests.tap.conftest import SyncResult, run_tap, tap_config
-from tests.tap.test_sync import key_of
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMALL_SEED = {"seed": 21, "customers": 8, "events": 300}
@@ -30,11 +29,10 @@ def fired(sandbox: Any) -> dict[str, int]:
 def record_sets(result: SyncResult) -> dict[str, dict[tuple[Any, ...], str]]:
     out: dict[str, dict[tuple[Any, ...], str]] = {}
     for stream, records in result.records.items():
-        key = (
-            ("external_customer_id", "external_subscription_id", "from_datetime")
-            if stream == "customer_usage"
-            else key_of(stream)
-        )
+        key = result.schemas[stream]["key_properties"]
+        for record in records:
+            if stream == "subscription_lifetime_usage":
+                record.pop("to_datetime")  # the time of the request
         out[stream] = {tuple(r[k] for k in key): json.dumps(r, sort_keys=True) for r in records}
         assert len(out[stream]) == len(records), f"{stream}: duplicate keys"
     return out

@@ -19,6 +19,13 @@ upgrade makes a test here fail:
 - ``Stream._stream_version``: the ACTIVATE_VERSION version the fast RECORD path writes.
   Check ``sync`` still sets it and ``_generate_record_messages`` still writes it.
 - ``Stream._tap``: the tap (its shared session, 429 gate, progress, other streams).
+- ``Stream._write_activate_version_message(full_table_version)``, overridden in
+  :mod:`tap_lago.replication`: held back until the stream's first response is in, so a
+  stream skipped for want of a premium licence never tells the loader its rows are gone.
+  Check ``sync`` still writes ACTIVATE_VERSION through it, before any record.
+- ``Stream._sync_children(child_context)``, overridden by the subscriptions stream
+  (:mod:`tap_lago.streams`): each child of subscriptions syncs only the subscriptions it
+  reads. Check the stream still calls it once per parent record.
 - ``StreamStateManager.is_flushed`` (class in the private ``singer_sdk.streams._state``,
   reached through the public ``state_manager``): set as the SDK's own writers set it.
 - ``singer_sdk.helpers._typing``: :func:`tap_lago.writer.conformance_check` predicts what
@@ -54,6 +61,8 @@ DOCUMENTED = {
     "_write_state_message",
     "_stream_version",
     "_tap",
+    "_write_activate_version_message",
+    "_sync_children",
 }
 
 
@@ -138,6 +147,23 @@ def test_stream_version_and_tap() -> None:
         isinstance(stream.state_manager.is_flushed, bool),
         name,
         "state_manager has no boolean is_flushed any more",
+    )
+
+
+def test_activate_version_and_sync_children() -> None:
+    name = "Stream._write_activate_version_message / Stream._sync_children"
+    version = inspect.signature(Stream._write_activate_version_message)
+    children = inspect.signature(Stream._sync_children)
+    ok = (
+        list(version.parameters) == ["self", "full_table_version"]
+        and "self._write_activate_version_message(" in _source(Stream.sync)
+        and list(children.parameters) == ["self", "child_context"]
+        and "self._sync_children(" in _source(Stream)
+    )
+    assert ok, (
+        f"{name} changed in this singer-sdk: check that premium-only streams still hold "
+        "back ACTIVATE_VERSION (tap_lago.replication) and that the subscriptions stream "
+        "still filters its children (tap_lago.streams)"
     )
 
 
