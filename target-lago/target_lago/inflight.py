@@ -98,3 +98,11 @@ class InFlight:
     def close(self) -> None:
         """Stop the worker threads, dropping tasks that have not started."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def stop(self) -> None:
+        """Drop the tasks that have not started and wait for the running ones to end.
+
+        Their failures are not raised: the run is stopping for another reason.
+        """
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import typing as t
 from collections import defaultdict
 from dataclasses import dataclass
 
+from singer_sdk import metrics
 from singer_sdk.exceptions import InvalidRecord
 from singer_sdk.sinks import BatchSink
 
@@ -20,6 +22,18 @@ if t.TYPE_CHECKING:
 
 DRY_RUN_SHOWN = 5
 """Payloads printed per stream in a dry run."""
+
+
+class QuietTimer(metrics.Timer):
+    """The SDK's batch timer, whose METRIC line (one per batch) is logged at DEBUG only.
+
+    Batches drain every few hundred records: the progress lines say how a stream goes.
+    """
+
+    def __exit__(self, *args: t.Any) -> None:
+        """Log the measurement when the metrics logger takes DEBUG lines."""
+        if self.logger.isEnabledFor(logging.DEBUG):
+            super().__exit__(*args)
 
 
 class StreamSetupError(Exception):
@@ -77,6 +91,12 @@ class LagoSink(BatchSink):
         self._warned_ignored = False
         self._max_size = int(self.config.get("batch_size", 100))  # read once: asked per record
         self.setup()
+
+    def get_batch_processing_timer(self) -> metrics.Timer:
+        """The batch timer, logged at DEBUG level (see `QuietTimer`)."""
+        return QuietTimer(
+            metrics.Metric.BATCH_PROCESSING_TIME, tags={metrics.Tag.STREAM: self.stream_name}
+        )
 
     def setup(self) -> None:
         """Check the stream once, at its SCHEMA (override).

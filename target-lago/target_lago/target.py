@@ -7,8 +7,11 @@ import decimal
 import fnmatch
 import io
 import json
+import logging
+import os
 import re
 import signal
+import stat
 import sys
 import typing as t
 import urllib.parse
@@ -17,7 +20,7 @@ from pathlib import Path
 import msgspec
 from singer_sdk import Target
 from singer_sdk import typing as th
-from singer_sdk.exceptions import ConfigValidationError
+from singer_sdk.exceptions import ConfigValidationError, MappingError
 from singer_sdk.helpers.capabilities import PluginCapabilities
 from singer_sdk.io_base import SingerReader
 
@@ -26,8 +29,9 @@ from target_lago.actions.events import SeenEvents
 from target_lago.client import LagoClient, LagoEndpointError, LagoError, redact_url
 from target_lago.inflight import InFlight
 from target_lago.mapping import RecordRejected, epoch_seconds
-from target_lago.report import DeadLetterError, RunReport
+from target_lago.report import SHOWN_REJECTIONS, DeadLetterError, RunReport
 from target_lago.sinks import Item, LagoSink, StreamSetupError
+from target_lago.stream_maps import GuardedMapper, StreamMapError
 
 if t.TYPE_CHECKING:
     from pathlib import PurePath
@@ -40,6 +44,7 @@ if t.TYPE_CHECKING:
 # `stream_actions` maps others.
 SINKS: dict[str, type[LagoSink]] = ACTIONS
 MAX_BATCH_SIZE = 100  # Lago's limit for POST /events/batch
+PROGRESS_INTERVAL = 10  # default seconds between two progress lines of a stream
 DEFAULT_API_URL = "https://api.getlago.com/api/v1"
 # One cheap request per action at start-up that changes nothing: it proves the URL, the
 # key and the endpoint before any record is read (an empty batch is refused with 422).
@@ -94,12 +99,30 @@ class LineReader(SingerReader):
 
     decoder = msgspec.json.Decoder(float_hook=decimal.Decimal)
     on_unreadable: t.Callable[[str, str, str], None] | None = None
+    #: Called when reading stops on an error, before the error goes on.
+    on_failure: t.Callable[[], None] | None = None
     line_number = 0
+
+    def process_lines(
+        self, file_input: t.IO[str] | None, callbacks: dict[str, t.Callable[[dict], None]]
+    ) -> t.Counter[str]:
+        """Read every line; on an error, call `on_failure` before the error goes on."""
+        try:
+            return super().process_lines(file_input, callbacks)
+        except Exception:
+            if self.on_failure is not None:
+                self.on_failure()
+            raise
 
     @property
     def default_input(self) -> t.IO[str]:  # type: ignore[override]
-        """Standard input as UTF-8 text, undecodable bytes kept as lone surrogates."""
-        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
+        """Standard input as UTF-8 text, undecodable bytes kept as lone surrogates.
+
+        The wrapper never closes standard input, so that after a fatal error the rest of
+        the input can still be read (see `drain_stdin`).
+        """
+        raw = open(sys.stdin.fileno(), "rb", closefd=False)  # noqa: SIM115 - closes nothing
+        return io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape")
 
     def deserialize_json(self, line: str) -> dict:
         """Decode one line.
@@ -180,8 +203,67 @@ def api_url_problem(url: str) -> str | None:
     return None
 
 
+def drain_stdin() -> None:
+    """Read standard input to its end when a process writes into it (a pipe).
+
+    Under Meltano the tap keeps writing after the target stops; a target that exits at
+    once leaves it writing into a closed pipe, and Meltano ends the run with a
+    BrokenPipeError traceback. Read and dropped, the rest of the input lets the tap end
+    and Meltano report the failed loader in one line.
+    """
+    try:
+        fd = sys.stdin.fileno()
+        mode = os.fstat(fd).st_mode
+    except (AttributeError, OSError, ValueError):
+        return
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        return
+    try:
+        while os.read(fd, 1 << 16):
+            pass
+    except (OSError, RunStoppedError, KeyboardInterrupt):
+        return  # stopped while reading on: nothing more to do
+
+
+class DrainLinesAtDebug(logging.Filter):
+    """Keeps the SDK's "Target sink ... is full" lines for DEBUG level.
+
+    There is one per `batch_size x max_in_flight` records; progress lines say how a
+    stream goes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether to log the record (a drain line only when DEBUG is on)."""
+        if isinstance(record.msg, str) and record.msg.startswith("Target sink for '"):
+            if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+                return False
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
 class StreamRoutingError(Exception):
     """A stream that maps to no Lago action."""
+
+
+# Words of a stream name that suggest its action, most specific first.
+_ACTION_HINTS = (
+    ("usage", "events"),
+    ("event", "events"),
+    ("wallet_transaction", "wallet_transactions"),
+    ("topup", "wallet_transactions"),
+    ("top_up", "wallet_transactions"),
+    ("wallet", "wallets"),
+    ("coupon", "applied_coupons"),
+    ("invoice", "one_off_invoices"),
+    ("subscription", "subscriptions"),
+    ("customer", "customers"),
+)
+
+
+def likely_action(stream_name: str) -> str:
+    """The action a stream's name suggests, for the example of an error (default events)."""
+    name = stream_name.lower().replace("-", "_")
+    return next((action for word, action in _ACTION_HINTS if word in name), "events")
 
 
 class RecordsRejectedError(Exception):
@@ -343,6 +425,16 @@ class TargetLago(Target):
             description="Retries of one request on 429, 5xx, timeouts and lost connections.",
         ),
         th.Property(
+            "progress_interval",
+            th.IntegerType(minimum=0),
+            title="Progress interval (seconds)",
+            default=PROGRESS_INTERVAL,
+            description=(
+                "Seconds between two progress lines of a stream (records received, "
+                "delivered, already present and rejected, and the rate); 0: none."
+            ),
+        ),
+        th.Property(
             "allow_rejections",
             th.BooleanType,
             title="Allow rejections",
@@ -418,13 +510,20 @@ class TargetLago(Target):
         self.wallet_ids: dict[tuple[str, str], str] = {}
         self.seen_events = SeenEvents()
         self.state_held = 0
-        t.cast("LineReader", self.message_reader).on_unreadable = self.reject_line
+        if not any(isinstance(f, DrainLinesAtDebug) for f in self.logger.filters):
+            self.logger.addFilter(DrainLinesAtDebug())
+        reader = t.cast("LineReader", self.message_reader)
+        reader.on_unreadable = self.reject_line
+        reader.on_failure = self.stop_reading
         # Sinks drain one at a time so that customers precede subscriptions precede
         # events; requests still run in parallel inside a drain (max_in_flight).
         self.max_parallelism = 1
         self.dry_run = bool(self.config.get("dry_run", False))
         self.report = RunReport(
-            None if self.dry_run else self.config.get("dead_letter_path"), self.logger
+            None if self.dry_run else self.config.get("dead_letter_path"),
+            self.logger,
+            dry_run=self.dry_run,
+            progress_interval=float(self.config.get("progress_interval", PROGRESS_INTERVAL)),
         )
         self.inflight = InFlight(int(self.config.get("max_in_flight", 64)), self._stop_client)
         if self.inflight.limit > 1 and not self.dry_run:
@@ -432,6 +531,18 @@ class TargetLago(Target):
             # the reader parses records: about 10 ms less per request with 8 in flight.
             sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self._client: LagoClient | None = None
+
+    def setup_mapper(self) -> None:
+        """The SDK's stream maps, whose errors name the stream, expression and column.
+
+        Raises:
+            StreamMapError: When the stream_maps setting is invalid.
+        """
+        try:
+            self.mapper = GuardedMapper(plugin_config=dict(self.config), logger=self.logger)
+        except MappingError as exc:
+            msg = f"stream_maps is invalid: {exc} Fix the stream_maps setting."
+            raise StreamMapError(msg) from exc
 
     def _check_config(self) -> None:
         errors = []
@@ -559,11 +670,12 @@ class TargetLago(Target):
         """
         action = self.action_for(stream_name)
         if action is None:
+            example = json.dumps({stream_name: likely_action(stream_name)})
             msg = (
-                f"Stream '{stream_name}' has no Lago action: a stream named after an "
-                "action takes that action; map any other stream "
-                "(exact name or glob) in the stream_actions setting to one of: "
-                f"{', '.join(SINKS)}."
+                f"Stream '{stream_name}' has no Lago action: map it (exact name or glob) in "
+                f"the stream_actions setting to one of {', '.join(SINKS)}, e.g. "
+                f"stream_actions: {example} (Meltano: meltano config target-lago set "
+                f"stream_actions '{example}'), or name the stream after an action."
             )
             raise StreamRoutingError(msg)
         self.check_endpoint(action)
@@ -727,6 +839,15 @@ class TargetLago(Target):
         )
         raise RunStoppedError(msg)
 
+    def stop_reading(self) -> None:
+        """The input stopped the run: finish the requests under way, then log the summary.
+
+        Records not sent yet stay unsent (no STATE passed them: a rerun reads them again).
+        """
+        self.inflight.stop()
+        self._stop_client()
+        self.report.log_summary()
+
     def process_endofpipe(self) -> None:
         """Drain everything, wait for Lago, log the summary, then judge rejections.
 
@@ -740,27 +861,44 @@ class TargetLago(Target):
         finally:
             self.inflight.close()
             self._stop_client()
-            self.report.log_summary(dry_run=self.dry_run)
-        rejected = self.report.rejected
+            self.report.log_summary()
+        report = self.report
+        rejected = report.rejected
         allowed = self.config.get("allow_rejections", False)
+        shown = f"the first {SHOWN_REJECTIONS} of each stream are shown above"
         if self.dry_run:
-            msg = (
-                f"dry run: nothing was sent to Lago and no STATE was emitted "
-                f"({rejected} record(s) would be rejected, listed above); a real run starts "
-                "where this one started."
-            )
+            if rejected and not report.written:
+                outcome = (
+                    f"all {rejected} record(s) would be rejected ({shown}): fix the rows or "
+                    "the stream maps, then dry-run again."
+                )
+            else:
+                outcome = (
+                    f"{report.written} record(s) would be written, {rejected} record(s) would "
+                    f"be rejected{f' ({shown})' if rejected else ''}; a real run starts where "
+                    "this one started."
+                )
+            msg = f"dry run: nothing was sent to Lago and no STATE was emitted: {outcome}"
             if rejected and not allowed:
                 raise RecordsRejectedError(msg)
             self.logger.info(msg)
             return
         if rejected and not allowed:
-            msg = (
-                f"{rejected} record(s) rejected (written to {self.report.dead_letter_path}); "
-                "the other records were delivered, but no STATE was emitted after the first "
-                "rejected record, so a rerun re-reads it: fix the rows upstream and rerun "
-                "(delivered events are recognised, not counted twice), or set "
-                "allow_rejections to treat dead letters as settled."
-            )
+            where = f"each one is in {report.dead_letter_path}, {shown}"
+            if not report.written:
+                msg = (
+                    f"all {rejected} record(s) were rejected ({where}): nothing was written "
+                    "to Lago and no STATE was emitted; fix the rows upstream or the stream "
+                    "maps and rerun."
+                )
+            else:
+                msg = (
+                    f"{rejected} record(s) rejected ({where}); {report.written} record(s) "
+                    "were written to Lago or found there already, but no STATE was emitted "
+                    "after the first rejected record, so a rerun re-reads it: fix the rows "
+                    "upstream and rerun (events already in Lago are recognised, not counted "
+                    "twice), or set allow_rejections to treat dead letters as settled."
+                )
             raise RecordsRejectedError(msg)
 
     @classmethod
@@ -775,17 +913,33 @@ class TargetLago(Target):
             super().invoke(*args, **kwargs)
         except ConfigValidationError as exc:
             cls.logger.error("Invalid settings: %s", "; ".join(exc.errors) or exc)
-            sys.exit(1)
+        except RunStoppedError as exc:
+            cls.logger.error("%s", exc)
+            sys.exit(1)  # stopped on purpose: no reading on
         except (
             LagoError,
             StreamRoutingError,
             StreamSetupError,
+            StreamMapError,
             RecordsRejectedError,
             DeadLetterError,
             InputLineError,
         ) as exc:
             cls.logger.error("%s", exc)
-            sys.exit(1)
+            cls.logger.debug("Traceback of the error above", exc_info=exc)
+        except Exception as exc:
+            cls.logger.error(
+                "target-lago stopped on an unexpected error: %s: %s (the traceback is logged "
+                "at DEBUG level: rerun with LOGLEVEL=debug, or meltano --log-level=debug)",
+                type(exc).__name__,
+                exc,
+            )
+            cls.logger.debug("Traceback of the error above", exc_info=exc)
+        else:
+            return
+        if kwargs.get("file_input") is None:
+            drain_stdin()
+        sys.exit(1)
 
 
 
