@@ -28,6 +28,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=(400, 422),
         help="refuse GET /wallets without external_customer_id with this status",
     )
+    parser.add_argument(
+        "--premium",
+        action="store_true",
+        help="play a premium licence (catalog extras and features are applied, not dropped)",
+    )
+    parser.add_argument(
+        "--no-catalog",
+        dest="catalog",
+        action="store_false",
+        default=None,
+        help="no taxes, metrics, plans, coupons or add-ons (with --customers 0: an empty org)",
+    )
     parser.add_argument("--seed", type=int, help="random seed of the organisation")
     parser.add_argument("--customers", type=int, help="number of customers")
     parser.add_argument("--events", type=int, help="number of events")
@@ -54,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     seed: dict[str, Any] = {
         name: getattr(args, name)
-        for name in ("seed", "customers", "events", "months", "anchor")
+        for name in ("seed", "customers", "events", "months", "anchor", "catalog")
         if getattr(args, name) is not None
     }
     stop = threading.Event()
@@ -74,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sandbox.start()
     if sandbox.state is not None:
-        sandbox.state.configure({"strict_wallets": args.strict_wallets})
+        sandbox.state.configure({"strict_wallets": args.strict_wallets, "premium": args.premium})
     print(f"LAGO_SANDBOX_URL={sandbox.url}", flush=True)
     try:
         while not stop.wait(0.5):

@@ -109,7 +109,11 @@ class SandboxState:
         self.requests_lock = threading.Lock()
         self.stopping = threading.Event()
         #: Behaviour settings (README "Strict wallets"), changed by configure().
-        self.settings: dict[str, Any] = {"strict_wallets": None, "rate_limits": None}
+        self.settings: dict[str, Any] = {
+            "strict_wallets": None,
+            "rate_limits": None,
+            "premium": False,
+        }
         #: Lago Cloud's gateway limits (README "Cloud limits"), off unless asked for.
         self.rate_limits = ratelimits.RateLimits()
         self.configure({"rate_limits": rate_limits})
@@ -129,6 +133,8 @@ class SandboxState:
                 raise ValueError(f"unknown setting {name!r} (known: {', '.join(self.settings)})")
             if name == "strict_wallets" and value not in (None, *STRICT_STATUSES):
                 raise ValueError(f"strict_wallets must be null, 400 or 422 (got {value!r})")
+            if name == "premium" and not isinstance(value, bool):
+                raise ValueError(f"premium must be true or false (got {value!r})")
         if "rate_limits" in settings:
             settings["rate_limits"] = ratelimits.parse(settings["rate_limits"])
             self.rate_limits.set(settings["rate_limits"])
@@ -593,6 +599,19 @@ _HANDLERS: dict[str, Handler] = {
 }
 
 
+def _register_catalog() -> None:
+    """Catalog writes, features and entitlements (``catalog.py``) join the route table."""
+    from tests.lago_sandbox import catalog
+
+    for method, pattern, fn in catalog.ROUTES:
+        regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
+        _ROUTES.append((method, regex, fn.__name__))
+        _HANDLERS[fn.__name__] = fn
+
+
+_register_catalog()
+
+
 def resolve(method: str, path: str) -> tuple[Handler, dict[str, str]] | None:
     """The handler and URL-decoded path parameters of an API path (after /api/v1)."""
     if len(path) > 1 and path.endswith("/"):
@@ -653,11 +672,11 @@ class SandboxHandler(BaseHTTPRequestHandler):
         self._dispatch("DELETE")
 
     def do_PUT(self) -> None:
-        """PUT (wallets, subscriptions and invoices; other paths: 404 resource_not_found)."""
+        """PUT (wallets, subscriptions, invoices, the catalog; other paths: 404)."""
         self._dispatch("PUT")
 
     def do_PATCH(self) -> None:
-        """PATCH (no such API route: 404 resource_not_found)."""
+        """PATCH (plan entitlements; other paths: 404 resource_not_found)."""
         self._dispatch("PATCH")
 
     # -- plumbing -------------------------------------------------------------------------
