@@ -57,6 +57,10 @@ ENDPOINT_CHECKS: dict[str, tuple[str, str, bytes | None, int]] = {
     ),
     "applied_coupons": ("GET", "/applied_coupons?per_page=1", None, 200),
     "one_off_invoices": ("GET", "/invoices?per_page=1", None, 200),
+    **{
+        action: ("GET", f"/{action}?per_page=1", None, 200)
+        for action in ("taxes", "billable_metrics", "features", "add_ons", "plans", "coupons")
+    },
 }
 SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while others wait
 
@@ -238,6 +242,17 @@ class TargetLago(Target):
                 "Column of a customers stream that marks a deleted row: a timestamp (as the "
                 "_sdc_deleted_at SDK taps emit) or a boolean true deletes the customer in "
                 "Lago (DELETE /customers/{external_id}), after every other write of the run."
+            ),
+        ),
+        th.Property(
+            "catalog_deleted_column",
+            th.StringType,
+            default="_sdc_deleted_at",
+            description=(
+                "Column of a taxes, billable_metrics, features, add_ons, plans or coupons "
+                "stream that marks a deleted row (a timestamp or true): DELETE "
+                "/{resource}/{code}, after every other write of the run. A row missing from "
+                "the stream never deletes anything."
             ),
         ),
         th.Property(

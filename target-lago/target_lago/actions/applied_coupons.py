@@ -84,7 +84,7 @@ class AppliedCouponsSink(OneByOneSink):
     action = "applied_coupons"
     endpoint = "/applied_coupons"
     root_key = "applied_coupon"
-    rank = 30
+    rank = 70
 
     def build(self, record: dict) -> tuple[dict, str]:
         """Map a record to an applied coupon body."""

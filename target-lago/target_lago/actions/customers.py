@@ -128,7 +128,7 @@ class CustomersSink(OneByOneSink):
     action = "customers"
     endpoint = "/customers"
     root_key = "customer"
-    rank = 0
+    rank = 40
 
     _deleting = False
 

@@ -190,7 +190,7 @@ class SubscriptionsSink(OneByOneSink):
     action = "subscriptions"
     endpoint = "/subscriptions"
     root_key = "subscription"
-    rank = 20
+    rank = 60
     self_parsed = ("subscription_at", "ending_at", "terminated_at", "canceled_at")
 
     def _get_context(self, record: dict) -> dict:
