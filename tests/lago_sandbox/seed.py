@@ -338,6 +338,8 @@ class _Catalog:
                 "amount_cents": amount,
                 "trial_period": trial,
                 "bill_charges_monthly": True if interval == "yearly" else None,
+                # What lago-api stores for a yearly plan created without the option.
+                "bill_fixed_charges_monthly": False if interval == "yearly" else None,
                 "charges": [
                     o.charge_object(
                         new_id,

@@ -138,6 +138,8 @@ class SandboxState:
         if "rate_limits" in settings:
             settings["rate_limits"] = ratelimits.parse(settings["rate_limits"])
             self.rate_limits.set(settings["rate_limits"])
+        if "premium" in settings:
+            self.store.premium = bool(settings["premium"])
         self.settings.update(settings)
         return dict(self.settings)
 

@@ -4,7 +4,9 @@ A row creates the subscription or changes its plan (`POST /subscriptions`, the s
 again is a no-op), then updates `name`, `ending_at` and a pending one's `subscription_at`
 when Lago holds other values (`PUT /subscriptions/{external_id}`). A `terminated` or
 `canceled` row ends it (`DELETE /subscriptions/{external_id}`, `status=pending` for a
-pending one), after the events received before it have been delivered.
+pending one), after the events received before it have been delivered. A pending row
+that follows another plan (a scheduled downgrade, `previous_plan_code`) is written after
+every other write, so the active subscription it follows is there first.
 """
 
 from __future__ import annotations
@@ -221,6 +223,24 @@ class SubscriptionsSink(OneByOneSink):
             return super().describe(item)
         query = "?status=pending" if want == "pending" else ""
         return f"DELETE {self.endpoint}/{item.payload['external_id']}{query}"
+
+    def deferred(self, item: Item) -> bool:
+        """A pending row that follows another plan goes after every other write.
+
+        That is tap-lago's scheduled downgrade (`previous_plan_code`): it is listed before
+        the active subscription it follows, which may come in a later batch, and posted
+        first it would start the subscription on the pending plan.
+        """
+        return (
+            _ending(item) is None
+            and _state(item) == "pending"
+            and not missing(item.record.get("previous_plan_code"))
+        )
+
+    def deliver_deferred(self, items: list[Item]) -> None:
+        """Write held rows of one subscription, in order."""
+        for group in self.order([items]):
+            self._deliver_group(group)
 
     def order(self, groups: list[list[Item]]) -> list[list[Item]]:
         """Send an active subscription before a pending one of the same external_id.
