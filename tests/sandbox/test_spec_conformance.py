@@ -625,6 +625,56 @@ def _catalog_calls(proxy: Proxy) -> None:
     proxy.call("DELETE", "/taxes/{code}", "/taxes/cf_vat", status=404)
 
 
+def test_target_lago_catalog_writes(
+    proxy: Proxy, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """target-lago applies tests/target/pricing.yaml through Prism (creates and updates).
+
+    Every request body it sends is checked against its operation's input schema; a response
+    violation would be a Prism 500, which the run would not survive.
+    """
+    import re
+    from pathlib import Path
+
+    from tap_lago.catalog_file import messages, read_catalog
+    from target_lago.client import LagoClient
+
+    from tests.target.helpers import dead_letters, run_target
+
+    sent: list[tuple[str, str, Any]] = []
+    original = LagoClient.request
+
+    def recording(self: LagoClient, method: str, path: str, data: Any, **kw: Any) -> Any:
+        if data and method in ("POST", "PUT", "PATCH"):
+            sent.append((method, path, json.loads(data)))
+        return original(self, method, path, data, **kw)
+
+    monkeypatch.setattr(LagoClient, "request", recording)
+    # Prism serves the spec's paths at its root, without the /api/v1 the setting requires.
+    monkeypatch.setattr("target_lago.target.api_url_problem", lambda url: None)
+    pricing = Path(__file__).parents[1] / "target" / "pricing.yaml"
+    config = {"api_key": proxy.sandbox.api_key, "api_url": proxy.url,
+              "dead_letter_path": str(tmp_path / "dead_letters.jsonl")}  # fmt: skip
+    catalog = read_catalog(pricing)
+    proxy.sandbox.configure(premium=True)
+    try:
+        first = run_target(config, messages(catalog))
+        catalog["plans"][0]["charges"][0]["properties"]["amount"] = "0.004"
+        second = run_target(config, messages(catalog))  # a plan update
+    finally:
+        proxy.sandbox.configure(premium=False)
+    assert first.error is None and second.error is None, (first.error, second.error)
+    assert dead_letters(config["dead_letter_path"]) == []
+    # The seed holds the metrics (other names and filters): updated on the first run.
+    updates = {path for method, path, _ in sent if method == "PUT"}
+    assert {"/plans/team", "/billable_metrics/api_calls"} <= updates, updates
+    for method, path, body in sent:
+        template = re.sub(r"^/plans/[^/]+/entitlements$", "/plans/{code}/entitlements", path)
+        template = re.sub(r"^/(\w+)/[^/{]+$", r"/\1/{code}", template)
+        request_body(proxy, method, template, body)
+    proxy.assert_clean()
+
+
 def test_deletions(proxy: Proxy) -> None:
     """DELETE of a customer, a plan, a coupon and an add-on (run last: it removes them)."""
     org = proxy.sandbox.dump()
