@@ -23,7 +23,13 @@ from singer_sdk.io_base import SingerReader
 
 from target_lago.actions import ACTIONS
 from target_lago.actions.events import SeenEvents
-from target_lago.client import LagoClient, LagoEndpointError, LagoError, redact_url
+from target_lago.client import (
+    RECORD_LEVEL_403_CODES,
+    LagoClient,
+    LagoEndpointError,
+    LagoError,
+    redact_url,
+)
 from target_lago.inflight import InFlight
 from target_lago.mapping import RecordRejected, epoch_seconds
 from target_lago.report import DeadLetterError, RunReport
@@ -546,7 +552,9 @@ class TargetLago(Target):
         method, path, body, expected = ENDPOINT_CHECKS[action]
         client = self.client
         response = client.request(method, path, body)
-        if response.status != expected or not isinstance(response.body, dict):
+        # Lago's 403 for a premium feature proves the endpoint too (each record then says it).
+        licence = response.status == 403 and response.error_code in RECORD_LEVEL_403_CODES
+        if (response.status != expected and not licence) or not isinstance(response.body, dict):
             msg = (
                 f"{method} {client.api_url}{path.split('?')[0]} answered HTTP "
                 f"{response.status}, not Lago's answer: check that the api_url setting is "

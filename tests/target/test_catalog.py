@@ -299,3 +299,17 @@ def test_an_unreadable_catalog_file_stops_with_one_line(tmp_path: Path) -> None:
         f"tap-lago-catalog: {bad}: unknown section(s) prices; the sections are taxes, "
         "billable_metrics, features, add_ons, plans, coupons"
     ]
+
+
+def test_features_without_a_premium_licence_are_dead_letters(lago: Sandbox, config: dict) -> None:
+    lago.configure(premium=False)
+    run = run_target(
+        config,
+        [
+            schema("features", {"code": {"type": "string"}}, ["code"]),
+            record("features", {"code": "sso", "privileges": [{"code": "on"}]}),
+        ],
+    )
+    [letter] = dead_letters(config["dead_letter_path"])
+    assert (letter["http_status"], letter["error_code"]) == (403, "feature_unavailable")
+    assert run.counts["features"]["rejected"] == 1
