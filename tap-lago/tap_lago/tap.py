@@ -27,12 +27,20 @@ from tap_lago.writer import LagoMessageWriter
 if t.TYPE_CHECKING:
     import click
     from singer_sdk.helpers.capabilities import CapabilitiesEnum
+    from singer_sdk.streams import Stream
 
 DEFAULT_API_URL = "https://api.getlago.com/api/v1"
 CONNECTION_CHECK_STREAM = "billable_metrics"
 #: Settings the SDK would advertise that tap-lago does not offer: Faker is no dependency,
 #: so map expressions have no ``fake``.
 UNOFFERED_SDK_SETTINGS = ("faker_config",)
+# Streams are synced in this order, the others after it by name: what a record refers to
+# comes first, so `tap-lago | target-lago` (which writes as records come) can copy an
+# organisation into an empty one.
+SYNC_ORDER = (
+    "taxes", "billable_metrics", "features", "add_ons", "plans", "coupons", "customers",
+    "wallets", "subscriptions", "applied_coupons", "events",
+)  # fmt: skip
 
 
 class TapLago(Tap):
@@ -315,6 +323,18 @@ class TapLago(Tap):
     def rate_limit_gate(self) -> RateLimitGate:
         """The pause every request honours after a 429 (shared by all streams)."""
         return RateLimitGate()
+
+    @property
+    def streams(self) -> dict[str, Stream]:
+        """The streams in sync order (`SYNC_ORDER`, then by name; the SDK sorts by name)."""
+        streams = super().streams
+        ordered = sorted(
+            streams,
+            key=lambda n: (SYNC_ORDER.index(n) if n in SYNC_ORDER else len(SYNC_ORDER), n),
+        )
+        if list(streams) != ordered:
+            self._streams = {name: streams[name] for name in ordered}
+        return self._streams or streams
 
     def discover_streams(self) -> list[LagoStream]:
         """One stream per entry of ``STREAM_TYPES``, then one per valid ``extra_streams`` entry.

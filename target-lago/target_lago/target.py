@@ -26,7 +26,13 @@ from singer_sdk.io_base import SingerReader
 
 from target_lago.actions import ACTIONS
 from target_lago.actions.events import SeenEvents
-from target_lago.client import LagoClient, LagoEndpointError, LagoError, redact_url
+from target_lago.client import (
+    RECORD_LEVEL_403_CODES,
+    LagoClient,
+    LagoEndpointError,
+    LagoError,
+    redact_url,
+)
 from target_lago.inflight import InFlight
 from target_lago.mapping import RecordRejected, epoch_seconds
 from target_lago.report import SHOWN_REJECTIONS, DeadLetterError, RunReport
@@ -62,6 +68,10 @@ ENDPOINT_CHECKS: dict[str, tuple[str, str, bytes | None, int]] = {
     ),
     "applied_coupons": ("GET", "/applied_coupons?per_page=1", None, 200),
     "one_off_invoices": ("GET", "/invoices?per_page=1", None, 200),
+    **{
+        action: ("GET", f"/{action}?per_page=1", None, 200)
+        for action in ("taxes", "billable_metrics", "features", "add_ons", "plans", "coupons")
+    },
 }
 SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while others wait
 #: Settings every SDK target is given that target-lago does not use, with what to do instead
@@ -335,6 +345,18 @@ class TargetLago(Target):
                 "Column of a customers stream that marks a deleted row: a timestamp (as the "
                 "_sdc_deleted_at SDK taps emit) or a boolean true deletes the customer in "
                 "Lago (DELETE /customers/{external_id}), after every other write of the run."
+            ),
+        ),
+        th.Property(
+            "catalog_deleted_column",
+            th.StringType,
+            title="Catalog deleted column",
+            default="_sdc_deleted_at",
+            description=(
+                "Column of a taxes, billable_metrics, features, add_ons, plans or coupons "
+                "stream that marks a deleted row (a timestamp or true): DELETE "
+                "/{resource}/{code}, after every other write of the run. A row missing from "
+                "the stream never deletes anything."
             ),
         ),
         th.Property(
@@ -692,7 +714,9 @@ class TargetLago(Target):
         method, path, body, expected = ENDPOINT_CHECKS[action]
         client = self.client
         response = client.request(method, path, body)
-        if response.status != expected or not isinstance(response.body, dict):
+        # Lago's 403 for a premium feature proves the endpoint too (each record then says it).
+        licence = response.status == 403 and response.error_code in RECORD_LEVEL_403_CODES
+        if (response.status != expected and not licence) or not isinstance(response.body, dict):
             msg = (
                 f"{method} {client.api_url}{path.split('?')[0]} answered HTTP "
                 f"{response.status}, not Lago's answer: check that the api_url setting is "

@@ -31,7 +31,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--premium",
         action="store_true",
-        help="serve as an organisation with a premium licence (else premium endpoints 403)",
+        help="serve as an organisation with a premium licence (premium endpoints answer, "
+        "catalog extras and features are applied; else 403 or dropped)",
+    )
+    parser.add_argument(
+        "--no-catalog",
+        dest="catalog",
+        action="store_false",
+        default=None,
+        help="no taxes, metrics, plans, coupons or add-ons (with --customers 0: an empty org)",
     )
     parser.add_argument("--seed", type=int, help="random seed of the organisation")
     parser.add_argument("--customers", type=int, help="number of customers")
@@ -59,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     seed: dict[str, Any] = {
         name: getattr(args, name)
-        for name in ("seed", "customers", "events", "months", "anchor")
+        for name in ("seed", "customers", "events", "months", "anchor", "catalog")
         if getattr(args, name) is not None
     }
     stop = threading.Event()

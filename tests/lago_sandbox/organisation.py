@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from tests.lago_sandbox import objects as o
-from tests.lago_sandbox.cash import first, page_body, selected, single, without
+from tests.lago_sandbox.cash import page_body, selected, single
 from tests.lago_sandbox.store import JsonObj, dumps, not_found
 
 IdFactory = Callable[[], str]
@@ -286,56 +286,6 @@ def get_billing_entity(ctx: Any) -> bytes:
         return dumps({"billing_entity": shown})
 
 
-def list_features(ctx: Any) -> bytes:
-    """``GET /features`` (``search_term`` in name, code or description, case-insensitive)."""
-    term = (first(ctx.query, "search_term") or "").lower()
-
-    def keep(feature: JsonObj) -> bool:
-        texts = (feature.get("name"), feature.get("code"), feature.get("description"))
-        return not term or any(term in str(text).lower() for text in texts if text)
-
-    with ctx.store.lock:
-        return page_body(ctx.query, "features", selected(ctx.store, "features", keep))
-
-
-def get_feature(ctx: Any) -> bytes:
-    """``GET /features/{code}``."""
-    store = ctx.store
-    with store.lock:
-        feature = store.find_one("features", code=ctx.path_params["code"])
-        if feature is None:
-            raise not_found("feature")
-        return b'{"feature":' + store.get_json("features", feature) + b"}"
-
-
-def _plan_entitlements(ctx: Any) -> list[JsonObj]:
-    store = ctx.store
-    code = ctx.path_params["code"]
-    if store.find_one("plans", code=code) is None:
-        raise not_found("plan")
-    return [
-        without(r.obj, "plan_code")
-        for r in store.tables["entitlements"].sorted_rows()
-        if r.obj.get("plan_code") == code
-    ]
-
-
-def plan_entitlements(ctx: Any) -> bytes:
-    """``GET /plans/{code}/entitlements``: no pagination, no meta; 404 plan_not_found."""
-    with ctx.store.lock:
-        return dumps({"entitlements": _plan_entitlements(ctx)})
-
-
-def plan_entitlement(ctx: Any) -> bytes:
-    """``GET /plans/{code}/entitlements/{feature_code}``."""
-    with ctx.store.lock:
-        wanted = ctx.path_params["feature_code"]
-        for entitlement in _plan_entitlements(ctx):
-            if entitlement["code"] == wanted:
-                return dumps({"entitlement": entitlement})
-    raise not_found("entitlement")
-
-
 def list_webhook_endpoints(ctx: Any) -> bytes:
     """``GET /webhook_endpoints``: ``webhook_url ASC, created_at DESC, id ASC``."""
     with ctx.store.lock:
@@ -351,10 +301,6 @@ def get_webhook_endpoint(ctx: Any) -> bytes:
 ROUTES: Iterable[tuple[str, str, Handler]] = (
     ("GET", "/billing_entities", list_billing_entities),
     ("GET", "/billing_entities/{code}", get_billing_entity),
-    ("GET", "/features", list_features),
-    ("GET", "/features/{code}", get_feature),
-    ("GET", "/plans/{code}/entitlements", plan_entitlements),
-    ("GET", "/plans/{code}/entitlements/{feature_code}", plan_entitlement),
     ("GET", "/webhook_endpoints", list_webhook_endpoints),
     ("GET", "/webhook_endpoints/{lago_id}", get_webhook_endpoint),
 )

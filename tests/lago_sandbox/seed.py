@@ -18,7 +18,8 @@ there are exactly ``events`` of them as soon as there is one customer (events ne
 subscription: with ``customers: 0`` there are none). Their ``properties`` dicts come from
 small per-subscription pools and are shared between events: treat them as read-only.
 
-``customers: 0, events: 0`` yields the catalog only. Events are returned in the order of
+``customers: 0, events: 0`` yields the catalog only; with ``catalog: false`` as well, an
+empty organisation. Events are returned in the order of
 the real list endpoint (``timestamp DESC, transaction_id ASC``); the other lists follow
 the customers one by one (``sequential_id`` order), and the store sorts them as each
 endpoint does.
@@ -44,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "months": 3,
     "anchor": None,
     "unattached_events": 0,
+    "catalog": True,
 }
 
 Org = dict[str, list[dict[str, Any]]]
@@ -96,6 +98,10 @@ def _options(options: dict[str, Any] | None) -> dict[str, Any]:
         if value < 0 or (key == "months" and value < 1):
             raise ValueError(f"seed option {key!r} is out of range: {value!r}")
         merged[key] = value
+    if not isinstance(merged["catalog"], bool):
+        raise ValueError(f"seed option 'catalog' must be true or false, got {merged['catalog']!r}")
+    if not merged["catalog"] and (merged["customers"] or merged["unattached_events"]):
+        raise ValueError("seed option 'catalog': false needs customers 0 (they use the catalog)")
     anchor = merged["anchor"]
     if anchor is None:
         anchor = datetime.now(timezone.utc).date()
@@ -121,6 +127,8 @@ def generate(options: dict[str, Any] | None = None) -> Org:
     anchor = datetime.combine(opts["anchor"], datetime.min.time(), timezone.utc)
     org: Org = {resource: [] for resource in o.RESOURCES}
     catalog = _Catalog(seed, anchor)
+    if not opts["catalog"]:
+        return org  # an empty organisation
     catalog.fill(org)
     people = _People(seed, anchor, catalog, org)
     for index in range(opts["customers"]):
@@ -335,6 +343,8 @@ class _Catalog:
                 "amount_cents": amount,
                 "trial_period": trial,
                 "bill_charges_monthly": True if interval == "yearly" else None,
+                # What lago-api stores for a yearly plan created without the option.
+                "bill_fixed_charges_monthly": False if interval == "yearly" else None,
                 "charges": [
                     o.charge_object(
                         new_id,

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from tests.lago_sandbox import cash, organisation, ratelimits
+from tests.lago_sandbox import cash, catalog, organisation, ratelimits
 from tests.lago_sandbox import faults as faults_mod
 from tests.lago_sandbox.store import (
     RESOURCE_DEFS,
@@ -150,6 +150,8 @@ class SandboxState:
         if "rate_limits" in settings:
             settings["rate_limits"] = ratelimits.parse(settings["rate_limits"])
             self.rate_limits.set(settings["rate_limits"])
+        if "premium" in settings:
+            self.store.premium = bool(settings["premium"])
         self.settings.update(settings)
         return dict(self.settings)
 
@@ -627,6 +629,15 @@ for _family in ("usage", "analytics", "logs"):
     for _method, _pattern, _fn in importlib.import_module(f"tests.lago_sandbox.{_family}").ROUTES:
         _route(_method, _pattern)(_fn)
         _HANDLERS[_fn.__name__] = _fn
+def _register_catalog() -> None:
+    """Catalog writes, features and entitlements (``catalog.py``) join the route table."""
+    for method, pattern, fn in catalog.ROUTES:
+        regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
+        _ROUTES.append((method, regex, fn.__name__))
+        _HANDLERS[fn.__name__] = fn
+
+
+_register_catalog()
 
 
 def resolve(method: str, path: str) -> tuple[Handler, dict[str, str]] | None:
@@ -689,11 +700,11 @@ class SandboxHandler(BaseHTTPRequestHandler):
         self._dispatch("DELETE")
 
     def do_PUT(self) -> None:
-        """PUT (wallets, subscriptions and invoices; other paths: 404 resource_not_found)."""
+        """PUT (wallets, subscriptions, invoices, the catalog; other paths: 404)."""
         self._dispatch("PUT")
 
     def do_PATCH(self) -> None:
-        """PATCH (no such API route: 404 resource_not_found)."""
+        """PATCH (plan entitlements; other paths: 404 resource_not_found)."""
         self._dispatch("PATCH")
 
     # -- plumbing -------------------------------------------------------------------------
@@ -835,7 +846,15 @@ class SandboxHandler(BaseHTTPRequestHandler):
                 raise ValueError("reset body must be an object of seed options")
             return 200, {"status": "ok", "counts": state.reset(body)}
         if name == "dump" and method == "GET":
-            return 200, state.store.dump()
+            dump = state.store.dump()
+            # Features and entitlements live with the catalog writes (catalog.py).
+            dump["features"] = catalog.features_of(state.store)
+            dump["entitlements"] = [
+                {"plan_code": plan, **entitlement}
+                for plan, entitlements in catalog.entitlements_of(state.store).items()
+                for entitlement in entitlements
+            ]
+            return 200, dump
         if name.startswith("upsert/") and method == "POST":
             resource = name.split("/", 1)[1]
             if resource not in RESOURCES:

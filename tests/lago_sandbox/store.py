@@ -589,6 +589,8 @@ class Store:
         self._billing_entities: set[Any] = set()
         self._query_cache: dict[tuple, tuple[int, list[Row]]] = {}
         self.clock: Callable[[], datetime] = utcnow
+        #: A premium licence (the ``premium`` setting): customer timezones are applied.
+        self.premium = False
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -929,6 +931,9 @@ class Store:
                 if key == "country" and isinstance(value, str):
                     value = value.upper()
                 fields[key] = value
+        if self.premium and "timezone" in payload:
+            fields["timezone"] = payload["timezone"]
+            fields["applicable_timezone"] = payload["timezone"] or "UTC"
         if isinstance(payload.get("billing_configuration"), dict):
             merged = dict((existing or {}).get("billing_configuration") or {})
             for k, v in payload["billing_configuration"].items():

@@ -43,7 +43,16 @@ def test_defaults() -> None:
         "months": 3,
         "anchor": None,
         "unattached_events": 0,
+        "catalog": True,
     }
+
+
+def test_catalog_false_gives_an_empty_organisation() -> None:
+    empty = seed.generate({"customers": 0, "events": 0, "catalog": False})
+    assert set(empty) == set(objects.RESOURCES)
+    assert all(rows == [] for rows in empty.values())
+    with pytest.raises(ValueError, match="catalog"):
+        seed.generate({"customers": 1, "catalog": False})
 
 
 def test_every_resource_is_a_list_of_the_requested_size(org: Org) -> None:

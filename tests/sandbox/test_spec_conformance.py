@@ -758,6 +758,158 @@ def _analytics_and_logs(proxy: Proxy, *, premium: bool) -> None:
                        tolerate=tolerate)  # fmt: skip
 
 
+def test_catalog_writes(proxy: Proxy) -> None:
+    """POST/PUT/DELETE of taxes, metrics, add-ons, coupons, plans, features, entitlements.
+
+    Request bodies are checked against their input schemas, responses through Prism.
+    """
+    sandbox = proxy.sandbox
+    sandbox.configure(premium=True)
+    try:
+        _catalog_calls(proxy)
+    finally:
+        sandbox.configure(premium=False)
+    proxy.assert_clean()
+
+
+def _write(proxy: Proxy, method: str, template: str, path: str, body: Any) -> Any:
+    request_body(proxy, method, template, body)
+    return proxy.call(method, template, path, body=body)
+
+
+def _catalog_calls(proxy: Proxy) -> None:
+    tax = {"tax": {"name": "Conformance VAT", "code": "cf_vat", "rate": "12.5",
+                   "description": "test", "applied_to_organization": False}}  # fmt: skip
+    _write(proxy, "POST", "/taxes", "/taxes", tax)
+    _write(proxy, "PUT", "/taxes/{code}", "/taxes/cf_vat", {"tax": {"rate": "13"}})
+    proxy.call("POST", "/taxes", body=tax, status=422)
+    filters = [{"key": "region", "values": ["eu", "us"]}]
+    fields = {"field_name": "gb", "recurring": False, "filters": filters}
+    metric = {"billable_metric": {"name": "CF", "code": "cf_gb", "aggregation_type": "sum_agg",
+                                  **fields}}  # fmt: skip
+    made = _write(proxy, "POST", "/billable_metrics", "/billable_metrics", metric)
+    metric_id = (made or {}).get("billable_metric", {}).get("lago_id", "missing")
+    _write(proxy, "PUT", "/billable_metrics/{code}", "/billable_metrics/cf_gb",
+           {"billable_metric": {"name": "CF 2", "description": None}})  # fmt: skip
+    add_on = {"add_on": {"name": "CF", "code": "cf_setup", "amount_cents": 100,
+                         "amount_currency": "EUR", "tax_codes": ["cf_vat"]}}  # fmt: skip
+    _write(proxy, "POST", "/add_ons", "/add_ons", add_on)
+    _write(proxy, "PUT", "/add_ons/{code}", "/add_ons/cf_setup", {"add_on": {"amount_cents": 200}})
+    plan = {"plan": {
+        "name": "CF", "code": "cf_plan", "interval": "yearly", "amount_cents": 1000,
+        "amount_currency": "EUR", "pay_in_advance": True, "bill_charges_monthly": True,
+        "tax_codes": ["cf_vat"], "trial_period": 7, "metadata": {"team": "cf"},
+        "minimum_commitment": {"amount_cents": 5000, "invoice_display_name": "Min"},
+        "usage_thresholds": [{"amount_cents": 100, "threshold_display_name": "T"}],
+        "charges": [
+            {"billable_metric_id": metric_id, "charge_model": "graduated", "properties": {
+                "graduated_ranges": [
+                    {"from_value": 0, "to_value": 10, "flat_amount": "0", "per_unit_amount": "1"},
+                    {"from_value": 11, "to_value": None, "flat_amount": "5",
+                     "per_unit_amount": "0.5"}]},
+             "filters": [{"invoice_display_name": "EU", "properties": {"graduated_ranges": [
+                 {"from_value": 0, "to_value": None, "flat_amount": "0",
+                  "per_unit_amount": "2"}]}, "values": {"region": ["eu"]}}]},
+        ],
+        "fixed_charges": [{"add_on_id": (proxy.sandbox.dump()["add_ons"][0]["lago_id"]),
+                           "charge_model": "standard", "units": 2,
+                           "properties": {"amount": "3"}}],
+    }}  # fmt: skip
+    created = _write(proxy, "POST", "/plans", "/plans", plan)
+    charge = ((created or {}).get("plan") or {}).get("charges", [{}])[0]
+    update = {"plan": {"name": "CF 2", "interval": "yearly", "charges": [
+        {"id": charge.get("lago_id", "missing"), "billable_metric_id": metric_id,
+         "charge_model": "standard", "properties": {"amount": "2"}}]}}  # fmt: skip
+    _write(proxy, "PUT", "/plans/{code}", "/plans/cf_plan", update)
+    proxy.call("POST", "/plans", body=plan, status=422)
+    proxy.call("PUT", "/plans/{code}", "/plans/none", body=update, status=404)
+    coupon = {"coupon": {"name": "CF", "code": "cf_coupon", "coupon_type": "fixed_amount",
+                         "amount_cents": 500, "amount_currency": "EUR", "reusable": False,
+                         "frequency": "recurring", "frequency_duration": 3,
+                         "expiration": "time_limit", "expiration_at": "2099-01-01T00:00:00Z",
+                         "applies_to": {"plan_codes": ["cf_plan"]}}}  # fmt: skip
+    _write(proxy, "POST", "/coupons", "/coupons", coupon)
+    _write(proxy, "PUT", "/coupons/{code}", "/coupons/cf_coupon", {"coupon": {"name": "CF 2"}})
+    proxy.call("POST", "/coupons", body={"coupon": {**coupon["coupon"], "code": "cf_2",
+                                                    "applies_to": {"plan_codes": ["none"]}}},
+               status=404, tolerate=(UNDECLARED_STATUS,))  # fmt: skip
+    feature = {"feature": {"code": "cf_seats", "name": "Seats", "description": None,
+                           "privileges": [{"code": "max", "name": "Max", "value_type": "integer"},
+                                          {"code": "sso", "value_type": "boolean"}]}}  # fmt: skip
+    _write(proxy, "POST", "/features", "/features", feature)
+    proxy.call("GET", "/features")
+    proxy.call("GET", "/features/{code}", "/features/cf_seats")
+    _write(proxy, "PUT", "/features/{code}", "/features/cf_seats", feature)
+    values = {"entitlements": {"cf_seats": {"max": 10, "sso": True}}}
+    base = "/plans/{code}/entitlements"
+    _write(proxy, "POST", base, "/plans/cf_plan/entitlements", values)
+    _write(proxy, "PATCH", base, "/plans/cf_plan/entitlements",
+           {"entitlements": {"cf_seats": {"max": 12}}})  # fmt: skip
+    proxy.call("GET", base, "/plans/cf_plan/entitlements")
+    one = base + "/{feature_code}"
+    proxy.call("GET", one, "/plans/cf_plan/entitlements/cf_seats")
+    proxy.call("PATCH", base, "/plans/cf_plan/entitlements", status=404,
+               body={"entitlements": {"none": {}}})  # fmt: skip
+    proxy.call("DELETE", one, "/plans/cf_plan/entitlements/cf_seats")
+    proxy.call("DELETE", "/features/{code}", "/features/cf_seats")
+    proxy.call("DELETE", "/coupons/{code}", "/coupons/cf_coupon")
+    proxy.call("DELETE", "/plans/{code}", "/plans/cf_plan")
+    proxy.call("DELETE", "/add_ons/{code}", "/add_ons/cf_setup")
+    proxy.call("DELETE", "/billable_metrics/{code}", "/billable_metrics/cf_gb")
+    proxy.call("DELETE", "/taxes/{code}", "/taxes/cf_vat")
+    proxy.call("DELETE", "/taxes/{code}", "/taxes/cf_vat", status=404)
+
+
+def test_target_lago_catalog_writes(
+    proxy: Proxy, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """target-lago applies tests/target/pricing.yaml through Prism (creates and updates).
+
+    Every request body it sends is checked against its operation's input schema; a response
+    violation would be a Prism 500, which the run would not survive.
+    """
+    import re
+    from pathlib import Path
+
+    from tap_lago.catalog_file import messages, read_catalog
+    from target_lago.client import LagoClient
+
+    from tests.target.helpers import dead_letters, run_target
+
+    sent: list[tuple[str, str, Any]] = []
+    original = LagoClient.request
+
+    def recording(self: LagoClient, method: str, path: str, data: Any, **kw: Any) -> Any:
+        if data and method in ("POST", "PUT", "PATCH"):
+            sent.append((method, path, json.loads(data)))
+        return original(self, method, path, data, **kw)
+
+    monkeypatch.setattr(LagoClient, "request", recording)
+    # Prism serves the spec's paths at its root, without the /api/v1 the setting requires.
+    monkeypatch.setattr("target_lago.target.api_url_problem", lambda url: None)
+    pricing = Path(__file__).parents[1] / "target" / "pricing.yaml"
+    config = {"api_key": proxy.sandbox.api_key, "api_url": proxy.url,
+              "dead_letter_path": str(tmp_path / "dead_letters.jsonl")}  # fmt: skip
+    catalog = read_catalog(pricing)
+    proxy.sandbox.configure(premium=True)
+    try:
+        first = run_target(config, messages(catalog))
+        catalog["plans"][0]["charges"][0]["properties"]["amount"] = "0.004"
+        second = run_target(config, messages(catalog))  # a plan update
+    finally:
+        proxy.sandbox.configure(premium=False)
+    assert first.error is None and second.error is None, (first.error, second.error)
+    assert dead_letters(config["dead_letter_path"]) == []
+    # The seed holds the metrics (other names and filters): updated on the first run.
+    updates = {path for method, path, _ in sent if method == "PUT"}
+    assert {"/plans/team", "/billable_metrics/api_calls"} <= updates, updates
+    for method, path, body in sent:
+        template = re.sub(r"^/plans/[^/]+/entitlements$", "/plans/{code}/entitlements", path)
+        template = re.sub(r"^/(\w+)/[^/{]+$", r"/\1/{code}", template)
+        request_body(proxy, method, template, body)
+    proxy.assert_clean()
+
+
 def test_deletions(proxy: Proxy) -> None:
     """DELETE of a customer, a plan, a coupon and an add-on (run last: it removes them)."""
     org = proxy.sandbox.dump()

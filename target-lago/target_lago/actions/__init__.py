@@ -2,18 +2,26 @@
 
 Adding an action means one module declaring its sink (endpoint, method, key, required
 fields, payload, how a response settles) and one line here. `rank` orders the writes of
-a run: lower ranks are flushed before a higher-ranked sink writes. The ranks leave room
-for the actions between: customers 0, wallets 10, subscriptions 20, applied coupons 30,
-wallet transactions and one-off invoices 40, events 50.
+a run: lower ranks are flushed before a higher-ranked sink writes, so what a record refers
+to is in Lago before it. The ranks leave room for the actions between: taxes, billable
+metrics and features 0, add-ons 10, plans 20, coupons 30 (the catalog: `catalog.py`),
+customers 40, wallets 50, subscriptions 60, applied coupons 70, wallet transactions and
+one-off invoices 80, events 90.
 """
 
 from __future__ import annotations
 
+from target_lago.actions.add_ons import AddOnsSink
 from target_lago.actions.applied_coupons import AppliedCouponsSink
+from target_lago.actions.billable_metrics import BillableMetricsSink
+from target_lago.actions.coupons import CouponsSink
 from target_lago.actions.customers import CustomersSink
 from target_lago.actions.events import EventsSink
+from target_lago.actions.features import FeaturesSink
 from target_lago.actions.one_off_invoices import OneOffInvoicesSink
+from target_lago.actions.plans import PlansSink
 from target_lago.actions.subscriptions import SubscriptionsSink
+from target_lago.actions.taxes import TaxesSink
 from target_lago.actions.wallet_transactions import WalletTransactionsSink
 from target_lago.actions.wallets import WalletsSink
 from target_lago.sinks import LagoSink
@@ -28,5 +36,11 @@ ACTIONS: dict[str, type[LagoSink]] = {
         WalletTransactionsSink,
         AppliedCouponsSink,
         OneOffInvoicesSink,
+        TaxesSink,
+        BillableMetricsSink,
+        FeaturesSink,
+        AddOnsSink,
+        PlansSink,
+        CouponsSink,
     )
 }

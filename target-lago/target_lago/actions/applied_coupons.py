@@ -3,7 +3,9 @@
 A record means "this customer has this coupon": its key is (`external_customer_id`,
 `coupon_code`). Lago applies a reusable coupon again on every POST, so the customer's
 applications of the code are read first (`GET /applied_coupons`): one in any status (a
-used-up coupon is terminated) means already present.
+used-up coupon is terminated) means already present. A tap-lago record (another
+organisation's application) is applied with what is left of it: `amount_cents_remaining`
+and `frequency_duration_remaining` as `amount_cents` and `frequency_duration`.
 """
 
 from __future__ import annotations
@@ -74,6 +76,11 @@ def applied_coupon_payload(record: Mapping[str, Any]) -> tuple[dict, list[str]]:
             ignored.append(key)
     for field in ("external_customer_id", "coupon_code"):
         body[field] = str(body[field])
+    # A tap-lago application carries what is left of it: a copy applies that much again.
+    for left, field in (("amount_cents_remaining", "amount_cents"),
+                        ("frequency_duration_remaining", "frequency_duration")):  # fmt: skip
+        if record.get(left) is not None and body.get(field) is not None:
+            body[field] = record[left]
     refuse_unsendable(body)
     return plain(body), ignored
 
@@ -84,7 +91,7 @@ class AppliedCouponsSink(OneByOneSink):
     action = "applied_coupons"
     endpoint = "/applied_coupons"
     root_key = "applied_coupon"
-    rank = 30
+    rank = 70
 
     def build(self, record: dict) -> tuple[dict, str]:
         """Map a record to an applied coupon body."""

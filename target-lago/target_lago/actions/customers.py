@@ -6,6 +6,7 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from target_lago.client import encode
 from target_lago.mapping import RecordRejected, missing, plain, refuse_unsendable
 from target_lago.sinks import Item, OneByOneSink
 
@@ -128,7 +129,7 @@ class CustomersSink(OneByOneSink):
     action = "customers"
     endpoint = "/customers"
     root_key = "customer"
-    rank = 0
+    rank = 40
 
     _deleting = False
 
@@ -154,6 +155,36 @@ class CustomersSink(OneByOneSink):
     def deferred(self, item: Item) -> bool:
         """A deletion goes after every other write."""
         return self._deleting
+
+    def _deliver_group(self, group: list[Item]) -> None:
+        for item in group:
+            self.keep_metadata_ids(item)
+        super()._deliver_group(group)
+
+    def keep_metadata_ids(self, item: Item) -> None:
+        """Name the metadata entries Lago holds by their `id` (matched by key).
+
+        Lago replaces a customer's metadata with the entries sent: one without `id` is a new
+        entry (tap-lago's carry another organisation's ids, which are dropped), so without
+        this every upsert would recreate them, and a key already held would be refused.
+        """
+        entries = item.payload.get("metadata")
+        if not isinstance(entries, list) or all("id" in e for e in entries):
+            return
+        response = self.lago.client.get(self._path(item))
+        body = response.body if response.ok and isinstance(response.body, dict) else {}
+        found = body.get("customer")
+        stored: dict = found if isinstance(found, dict) else {}
+        ids = {
+            m.get("key"): m.get("lago_id")
+            for m in stored.get("metadata") or []
+            if isinstance(m, dict) and m.get("lago_id")
+        }
+        named = [e for e in entries if "id" not in e and e.get("key") in ids]
+        for entry in named:
+            entry["id"] = ids[entry["key"]]
+        if named:
+            item.data = encode(item.payload)
 
     def describe(self, item: Item) -> str:
         """The request a record would make, for the dry run's log."""

@@ -287,7 +287,7 @@ class EventsSink(LagoSink):
     endpoint = "/events/batch"
     root_key = "events"
     batched = True
-    rank = 50
+    rank = 90
     self_parsed = ("timestamp", "properties")
 
     def setup(self) -> None:

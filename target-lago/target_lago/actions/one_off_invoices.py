@@ -126,7 +126,7 @@ class OneOffInvoicesSink(OneByOneSink):
     action = "one_off_invoices"
     endpoint = "/invoices"
     root_key = "invoice"
-    rank = 40
+    rank = 80
     self_parsed = ("fees", "units", "from_datetime", "to_datetime")
 
     def setup(self) -> None:

@@ -4,7 +4,9 @@ A row creates the subscription or changes its plan (`POST /subscriptions`, the s
 again is a no-op), then updates `name`, `ending_at` and a pending one's `subscription_at`
 when Lago holds other values (`PUT /subscriptions/{external_id}`). A `terminated` or
 `canceled` row ends it (`DELETE /subscriptions/{external_id}`, `status=pending` for a
-pending one), after the events received before it have been delivered.
+pending one), after the events received before it have been delivered. A pending row
+that follows another plan (a scheduled downgrade, `previous_plan_code`) is written after
+every other write, so the active subscription it follows is there first.
 """
 
 from __future__ import annotations
@@ -190,7 +192,7 @@ class SubscriptionsSink(OneByOneSink):
     action = "subscriptions"
     endpoint = "/subscriptions"
     root_key = "subscription"
-    rank = 20
+    rank = 60
     self_parsed = ("subscription_at", "ending_at", "terminated_at", "canceled_at")
 
     def _get_context(self, record: dict) -> dict:

@@ -150,7 +150,7 @@ class WalletTransactionsSink(OneByOneSink):
     action = "wallet_transactions"
     endpoint = "/wallet_transactions"
     root_key = "wallet_transaction"
-    rank = 40
+    rank = 80
     self_parsed = ("metadata", *CREDITS)
 
     def setup(self) -> None:

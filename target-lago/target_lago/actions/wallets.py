@@ -214,7 +214,7 @@ class WalletsSink(OneByOneSink):
     action = "wallets"
     endpoint = "/wallets"
     root_key = "wallet"
-    rank = 10
+    rank = 50
     self_parsed = ("expiration_at", "metadata")
     _warned_credits = False
 
