@@ -61,3 +61,4 @@ def sandbox_factory(api_key: str) -> Iterator[SandboxFactory]:
         stopper.start()
     for stopper in stoppers:
         stopper.join(timeout=30)
+

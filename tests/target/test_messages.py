@@ -196,10 +196,13 @@ def test_progress_lines_count_every_record_and_the_sdk_batch_lines_are_gone(
     rows[7]["code"] = None
     settings = {
         **config,
-        "progress_interval": 0.000001,
+        "progress_interval": 1,
         "batch_size": 10,
+        "max_in_flight": 1,
         "allow_rejections": True,
     }
+    # 40 batches one at a time, each held 100 ms: about four seconds, several intervals.
+    lago.set_faults([{"fault": "latency", "path": "/api/v1/events/batch", "delay_ms": 100}])
     done = run_cli(tmp_path, settings, events_messages(rows))
     assert done.returncode == 0, done.stderr[-2000:]
 
