@@ -7,6 +7,7 @@ one line, or "the parent is gone"), and how long a retry waits.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import sys
@@ -94,6 +95,21 @@ class LagoSession(requests.Session):
         return super().send(request, **kwargs)
 
 
+class LagoAuthenticator(BearerTokenAuthenticator):
+    """``Authorization: Bearer <api_key>``, set in the header alone.
+
+    The SDK's authenticator also rebuilds the URL of every request to add query
+    parameters, which this one never has: about a fifth of the CPU time of a request.
+    """
+
+    def authenticate_request(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        """Add the header (and the query parameters, were there any)."""
+        if self.auth_params:
+            return super().authenticate_request(request)
+        request.headers.update(self.auth_headers)
+        return request
+
+
 class RateLimitGate:
     """A pause shared by every request of a tap after a 429.
 
@@ -130,10 +146,10 @@ class TransportStream(RESTStream[int]):
         """Lago API root, e.g. ``https://api.getlago.com/api/v1``."""
         return str(self.config["api_url"]).rstrip("/")
 
-    @property
+    @functools.cached_property
     def authenticator(self) -> BearerTokenAuthenticator:
         """``Authorization: Bearer <api_key>``."""
-        return BearerTokenAuthenticator(token=str(self.config["api_key"]).strip())
+        return LagoAuthenticator(token=str(self.config["api_key"]).strip())
 
     @property
     def timeout(self) -> int:

@@ -44,7 +44,7 @@ def dumps_line(obj: object) -> bytes:
     except orjson.JSONEncodeError:
         # What orjson refuses (an integer beyond 64 bits, ...): the SDK's own encoder.
         return (serialize_json(obj) + "\n").encode()
-    if _LS in line or _PS in line:
+    if not line.isascii() and (_LS in line or _PS in line):
         # Valid JSON, but str.splitlines() would cut the line there: escape them.
         line = line.replace(_LS, b"\\u2028").replace(_PS, b"\\u2029")
     return line
@@ -138,6 +138,10 @@ def _value_check(schema: dict[str, t.Any]) -> t.Callable[[t.Any], bool] | None:
 
         return list_ok if (item_check or object_check) else None
     if is_object_type(schema) and "properties" in schema:
+        if schema.get("additionalProperties") and not any(
+            _value_check(sub) for sub in schema["properties"].values()
+        ):
+            return None  # an open object whose declared properties take any JSON value
         nested = conformance_check(schema)
         return lambda value: not isinstance(value, dict) or nested(value)
     return None
