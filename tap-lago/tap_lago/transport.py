@@ -44,6 +44,8 @@ if t.TYPE_CHECKING:
 #: capped, with full jitter between half and all of it. Tests may lower the base.
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 60.0
+#: Bytes read from a response body at once (a page of 100 records is 30-300 KiB).
+BODY_CHUNK_BYTES = 1 << 20
 #: Upper bound on a server-requested wait (X-RateLimit-Reset / Retry-After).
 RATE_LIMIT_CAP_SECONDS = 300.0
 
@@ -83,7 +85,11 @@ class LagoSession(requests.Session):
         self._proxies_by_host: dict[str, dict[str, str]] = {}
 
     def send(self, request: requests.PreparedRequest, **kwargs: t.Any) -> requests.Response:
-        """Send with the host's cached proxy settings (unless proxies are given)."""
+        """Send with the host's cached proxy settings (unless proxies are given).
+
+        The body is read in one piece (``Response.content`` reads 10 KiB chunks, each
+        through several layers), with the same errors as ``content`` would raise.
+        """
         if "proxies" not in kwargs:
             parts = urlsplit(str(request.url))
             host = f"{parts.scheme}://{parts.netloc}"
@@ -92,7 +98,13 @@ class LagoSession(requests.Session):
                 proxies = resolve_proxies(request, dict(self.proxies), self.trust_env)
                 self._proxies_by_host[host] = proxies
             kwargs["proxies"] = dict(proxies)
-        return super().send(request, **kwargs)
+        if kwargs.get("stream"):
+            return super().send(request, **kwargs)
+        response = super().send(request, **{**kwargs, "stream": True})
+        body = b"".join(response.iter_content(BODY_CHUNK_BYTES))
+        response._content = body  # what Response.content keeps
+        response._content_consumed = True
+        return response
 
 
 class LagoAuthenticator(BearerTokenAuthenticator):
