@@ -172,6 +172,7 @@ class Job:
     max_concurrency: int | None = None
     start_date: str | None = None
     end_date: str | None = None
+    page_size: int | None = None
 
 
 class Bench:
@@ -217,6 +218,8 @@ class Bench:
             config.update(start_date=job.start_date, lookback_window_days=0)
         if job.end_date:
             config["end_date"] = job.end_date
+        if job.page_size:
+            config["page_size"] = job.page_size
         config_path = self._path("config")
         config_path.write_text(json.dumps(config))
         catalog = self.catalog(job.streams)
@@ -641,6 +644,17 @@ def _scenarios(bench: Bench, sb: SandboxProcess, options: Options, out: Any) -> 
         measure_floor(bench, sb, "SDK floor events", events, "no HTTP; wall incl. dump load"),
     )
     done(
+        "tap0_pages1000",
+        measure_tap(
+            bench,
+            sb,
+            f"tap events @0ms C={c}, page_size 1000",
+            Job(events, max_concurrency=c, page_size=1000),
+            expected,
+            note="all; a tenth of the requests",
+        ),
+    )
+    done(
         "others0",
         measure_tap(
             bench,
@@ -878,7 +892,7 @@ def _scale_out_unlimited(
 
 def _print_report(report: dict[str, Any], options: Options, out: Any) -> None:
     c = options.concurrency
-    keys = ["tap0", "serial0", "floor", "tap50", "slice50", "slice_serial50"]
+    keys = ["tap0", "serial0", "tap0_pages1000", "floor", "tap50", "slice50", "slice_serial50"]
     print_table(
         f"Events stream alone ({options.events:,} events, no gateway limits; 50 ms = every "
         "request delayed 50 ms by a sandbox latency rule; 'slice' = the newest events only)",
@@ -1023,6 +1037,8 @@ def _ratio_rows(
     tap0 = report["tap0"]
     per_cpu = ratio(tap0.records, tap0.cpu_seconds)
     per_cpu_net = ratio(tap0.records, max(tap0.cpu_seconds - report["start_cpu"], 1e-3))
+    big_pages = report["tap0_pages1000"]
+    per_cpu_big = ratio(big_pages.records, big_pages.cpu_seconds)
     events_use = cloud["cloud_events"][1]
     others_use = cloud["cloud_others"][1]
     cloud_runs = [
@@ -1061,6 +1077,12 @@ def _ratio_rows(
             _ok(per_cpu >= 50_000),
         ],
         ["  same, less the CPU of a run selecting no stream", round(per_cpu_net), "", ""],
+        [
+            "  same, page_size 1000 (a tenth of the requests)",
+            round(per_cpu_big),
+            "",
+            "",
+        ],
         [
             f"tap@50ms C={c} / C=1, same slice, rec/s of sync",
             round(slice_ratio, 2),

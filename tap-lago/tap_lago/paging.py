@@ -263,6 +263,7 @@ class PagingStream(TransportStream):
 
         with self.get_http_request_counter() as counter:
             counter.with_context(context)
+            ahead = self._ahead_before
             try:
                 page, prepared = 1, self.prepare_page(context, 1)
                 started = time.perf_counter()
@@ -270,7 +271,7 @@ class PagingStream(TransportStream):
                 next_to_request, horizon, last_count = 2, 1, None
                 emitted_at = time.perf_counter()
                 ahead, ready_streak = self._adapt_ahead(
-                    self._ahead_before, 0, workers, 0.0, emitted_at - started
+                    ahead, 0, workers, 0.0, emitted_at - started
                 )
                 while True:
                     counter.increment()

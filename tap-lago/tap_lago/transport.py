@@ -103,7 +103,6 @@ class LagoSession(requests.Session):
         response = super().send(request, **{**kwargs, "stream": True})
         body = b"".join(response.iter_content(BODY_CHUNK_BYTES))
         response._content = body  # what Response.content keeps
-        response._content_consumed = True
         return response
 
 

@@ -11,6 +11,7 @@ sees a STATE before the records it covers. Where Python leaves stdout unbuffered
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime as dt
 import decimal
 import io
@@ -70,26 +71,41 @@ class LagoMessageWriter(SimpleSingerWriter):
         if version is not None:
             message["version"] = version
         message["time_extracted"] = dt.datetime.now(_UTC)
-        _emit(dumps_line(message), flush=False)
+        line = dumps_line(message)
+        out = sys.stdout
+        target = _target[1] if _target[0] is out else _binary_stdout(out)
+        if target is None:
+            out.write(line.decode())
+        else:
+            target.write(line)
 
 
 #: Our own buffer over stdout when Python leaves it unbuffered (``PYTHONUNBUFFERED``,
 #: ``-u``, common in container images): there, each RECORD line would be a system call.
 _buffered: io.BufferedWriter | None = None
+#: The stdout object last seen, and where its bytes go (worked out once per stdout).
+_target: tuple[t.Any, t.Any] = (None, None)
 
 
 def _binary_stdout(out: t.Any) -> t.Any:
     """Where RECORD bytes go: stdout's binary buffer, buffered by us if Python does not."""
-    global _buffered  # noqa: PLW0603 - one buffer per process, like stdout itself
+    global _buffered, _target  # noqa: PLW0603 - one buffer per process, like stdout itself
     buffer = getattr(out, "buffer", None)
-    if not isinstance(buffer, io.RawIOBase):
-        return buffer
-    if _buffered is None or _buffered.raw is not buffer:
-        if _buffered is not None:
-            _buffered.flush()
-        _buffered = io.BufferedWriter(buffer, 1 << 16)
-        atexit.register(_buffered.flush)
-    return _buffered
+    if isinstance(buffer, io.RawIOBase):
+        if _buffered is None or _buffered.raw is not buffer:
+            if _buffered is not None:
+                _buffered.flush()
+            _buffered = io.BufferedWriter(buffer, 1 << 16)
+            atexit.register(_flush_at_exit, _buffered)
+        buffer = _buffered
+    _target = (out, buffer)
+    return buffer
+
+
+def _flush_at_exit(buffer: io.BufferedWriter) -> None:
+    """Write out what is left in our buffer at exit (unless stdout is already closed)."""
+    with contextlib.suppress(ValueError, OSError):
+        buffer.flush()
 
 
 def _emit(line: bytes, *, flush: bool) -> None:
