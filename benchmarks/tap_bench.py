@@ -3,7 +3,7 @@
 Run from the repository root::
 
     python -m benchmarks.tap_bench            # 1,000,000 events (about 15 minutes)
-    python -m benchmarks.tap_bench --quick    # 20,000 events (smoke run, about 2 minutes)
+    python -m benchmarks.tap_bench --quick    # 20,000 events (smoke run, about 3 minutes)
 
 What it runs (every plugin run is a child process; its output goes to a pipe where the
 benchmark counts RECORD lines per stream; the sandbox is another process):
