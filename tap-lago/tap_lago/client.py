@@ -8,6 +8,8 @@
   fetched ahead, and child requests started early (``PagingStream``);
 - :mod:`tap_lago.replication`: signposts, bookmarks, start and end dates, dedupe,
   time windows (``ReplicationStream``, ``TimeWindows``);
+- :mod:`tap_lago.date_windows` (invoices): a list read in date windows at once, each
+  walked one page at a time (``DateWindowsStream``, stacked over a stream's base);
 - this module: schemas, record shaping (:mod:`tap_lago.records`) and RECORD output
   (:mod:`tap_lago.writer`).
 
@@ -23,6 +25,7 @@ from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.schema.source import SchemaDirectory, StreamSchema
 
 from tap_lago import schemas
+from tap_lago.date_windows import DateWindowsStream
 from tap_lago.paging import LagoPaginator
 from tap_lago.progress import Progress
 from tap_lago.records import RecordShaper
@@ -44,6 +47,7 @@ if t.TYPE_CHECKING:
 __all__ = [
     "MAX_WINDOWS",
     "SCHEMAS",
+    "DateWindowsStream",
     "LagoChildStream",
     "LagoPaginator",
     "LagoStream",

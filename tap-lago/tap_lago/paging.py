@@ -33,6 +33,9 @@ if t.TYPE_CHECKING:
 #: longer than this (and than emitting the previous page) to arrive. Against a fast API,
 #: threads cost more (handoffs, GIL contention) than the wait they would hide.
 PAGE_AHEAD_AFTER_SECONDS = 0.01
+#: The ``max_concurrency`` default: enough to hold the default pace (48 requests/s) up
+#: to about 300 ms per request.
+MAX_CONCURRENCY = 16
 #: Pages in a row already there when wanted before one fewer is requested ahead.
 PAGE_AHEAD_SHRINK_AFTER = 8
 
@@ -77,6 +80,8 @@ class PagingStream(TransportStream):
 
     _prefetched: dict[str, Future[t.Any]] | None = None
     _prefetch_pool: ThreadPoolExecutor | None = None
+    #: Pages requested ahead when the stream's previous list (e.g. event window) ended.
+    _ahead_before = 0
 
     @property
     def records_jsonpath(self) -> str:
@@ -86,7 +91,7 @@ class PagingStream(TransportStream):
     @property
     def max_concurrency(self) -> int:
         """Requests of one list in flight at once (setting ``max_concurrency``)."""
-        return max(1, int(self.config.get("max_concurrency", 4)))
+        return max(1, int(self.config.get("max_concurrency", MAX_CONCURRENCY)))
 
     def get_url(self, context: Context | None) -> str:
         """Fill ``{placeholders}`` in ``path`` from the context, URL-quoted."""
@@ -217,9 +222,10 @@ class PagingStream(TransportStream):
         Page 1 is read first; its ``total_pages`` (and each later ``next_page``) tells how
         far ahead pages may be requested: from none (each page read in turn on this
         thread) up to ``2 * workers - 1`` pages beyond the one being emitted, as
-        :meth:`_adapt_ahead` decides from how long each page was waited for. Each request
-        is retried as any other (backoff, ``validate_response``). Records come out in page
-        order, and the walk ends, as the serial one does, at the first page without
+        :meth:`_adapt_ahead` decides from how long each page was waited for (a list
+        starts from where the stream's previous one, e.g. the last event window, ended).
+        Each request is retried as any other (backoff, ``validate_response``). Records
+        come out in page order, and the walk ends, as the serial one does, at the first page without
         ``next_page`` or without records.
 
         A page read before its predecessor could miss a row pushed across their boundary
@@ -257,13 +263,16 @@ class PagingStream(TransportStream):
 
         with self.get_http_request_counter() as counter:
             counter.with_context(context)
+            ahead = self._ahead_before
             try:
                 page, prepared = 1, self.prepare_page(context, 1)
                 started = time.perf_counter()
                 response = fetch(prepared)
                 next_to_request, horizon, last_count = 2, 1, None
                 emitted_at = time.perf_counter()
-                ahead, ready_streak = self._adapt_ahead(0, 0, workers, 0.0, emitted_at - started)
+                ahead, ready_streak = self._adapt_ahead(
+                    ahead, 0, workers, 0.0, emitted_at - started
+                )
                 while True:
                     counter.increment()
                     self.update_sync_costs(prepared, response, context)
@@ -323,6 +332,7 @@ class PagingStream(TransportStream):
                     )
                     emitted_at = now
             finally:
+                self._ahead_before = ahead
                 abort.set()
                 self._drop(pending)
                 if pool is not None:

@@ -68,7 +68,9 @@ class RecordShaper:
             if _types(prop) & {"number"} and not _types(prop) & {"integer", "string"}
         )
         self.nested = tuple(
-            (name, prop) for name, prop in properties.items() if _declares_properties(prop)
+            (name, finder)
+            for name, prop in properties.items()
+            if (finder := _undeclared_finder(prop, name)) is not None
         )
         self.keys = tuple(schema.get("required") or ())
         self.stand_ins = dict(key_stand_ins or {})
@@ -82,11 +84,11 @@ class RecordShaper:
             extra = record.keys() - self.declared
             unknown = {name: record.pop(name) for name in sorted(extra)}
             self._report_new(extra, f"in {UNKNOWN_FIELDS}")
-        for name, prop in self.nested:
+        for name, finder in self.nested:
             value = record.get(name)
             if value:
                 found: list[str] = []
-                _undeclared(value, prop, name, found)
+                finder(value, found)
                 if found:
                     self._report_new(found, "in place")
         for name in self.decimals:
@@ -143,10 +145,53 @@ class RecordShaper:
             )
 
 
-def _declares_properties(schema: dict[str, t.Any]) -> bool:
-    """Whether a property is an object (or a list of objects) with declared properties."""
+#: Appends to a list the paths of the keys a value holds that its schema does not declare.
+Finder = t.Callable[[object, list[str]], None]
+
+
+def _undeclared_finder(schema: dict[str, t.Any], path: str) -> Finder | None:
+    """The finder of undeclared keys under ``path`` (e.g. ``fees[].item``), compiled once.
+
+    Only objects with declared properties, and lists of them, are looked into; None when
+    the schema has nothing to look into. Each level first checks all its keys at once.
+    """
     items = schema.get("items")
-    return _is_record(schema) or (isinstance(items, dict) and _is_record(items))
+    item_finder = (
+        _undeclared_finder(items, f"{path}[]")
+        if isinstance(items, dict) and _is_record(items)
+        else None
+    )
+    if not _is_record(schema):
+        if item_finder is None:
+            return None
+
+        def find_in_list(value: object, found: list[str]) -> None:
+            if isinstance(value, list):
+                for item in value:
+                    item_finder(item, found)
+
+        return find_in_list
+    properties: dict[str, t.Any] = schema["properties"]
+    declared = frozenset(properties)
+    subs = tuple(
+        (name, finder)
+        for name, sub in properties.items()
+        if (finder := _undeclared_finder(sub, f"{path}.{name}")) is not None
+    )
+
+    def find(value: object, found: list[str]) -> None:
+        if isinstance(value, dict):
+            if not declared.issuperset(value):
+                found.extend(f"{path}.{name}" for name in value if name not in declared)
+            for name, finder in subs:
+                item = value.get(name)
+                if item:
+                    finder(item, found)
+        elif isinstance(value, list) and item_finder is not None:
+            for item in value:
+                item_finder(item, found)
+
+    return find
 
 
 def _is_record(schema: dict[str, t.Any]) -> bool:
@@ -157,25 +202,6 @@ def _is_record(schema: dict[str, t.Any]) -> bool:
     return bool(schema.get("properties")) and not isinstance(
         schema.get("additionalProperties"), dict
     )
-
-
-def _undeclared(value: object, schema: dict[str, t.Any], path: str, found: list[str]) -> None:
-    """Append to ``found`` the paths of keys in ``value`` that ``schema`` does not declare."""
-    if isinstance(value, dict):
-        if not _is_record(schema):
-            return
-        properties = schema["properties"]
-        for name, item in value.items():
-            sub = properties.get(name)
-            if sub is None:
-                found.append(f"{path}.{name}")
-            elif item:
-                _undeclared(item, sub, f"{path}.{name}", found)
-    elif isinstance(value, list):
-        items = schema.get("items")
-        if isinstance(items, dict) and _is_record(items):
-            for item in value:
-                _undeclared(item, items, f"{path}[]", found)
 
 
 def _types(schema: dict[str, t.Any]) -> set[str]:

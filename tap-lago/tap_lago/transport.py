@@ -7,6 +7,7 @@ one line, or "the parent is gone"), and how long a retry waits.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import sys
@@ -43,6 +44,8 @@ if t.TYPE_CHECKING:
 #: capped, with full jitter between half and all of it. Tests may lower the base.
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 60.0
+#: Bytes read from a response body at once (a page of 100 records is 30-300 KiB).
+BODY_CHUNK_BYTES = 1 << 20
 #: Upper bound on a server-requested wait (X-RateLimit-Reset / Retry-After).
 RATE_LIMIT_CAP_SECONDS = 300.0
 
@@ -90,7 +93,11 @@ class LagoSession(requests.Session):
         self._proxies_by_host: dict[str, dict[str, str]] = {}
 
     def send(self, request: requests.PreparedRequest, **kwargs: t.Any) -> requests.Response:
-        """Send with the host's cached proxy settings (unless proxies are given)."""
+        """Send with the host's cached proxy settings (unless proxies are given).
+
+        The body is read in one piece (``Response.content`` reads 10 KiB chunks, each
+        through several layers), with the same errors as ``content`` would raise.
+        """
         if "proxies" not in kwargs:
             parts = urlsplit(str(request.url))
             host = f"{parts.scheme}://{parts.netloc}"
@@ -99,7 +106,27 @@ class LagoSession(requests.Session):
                 proxies = resolve_proxies(request, dict(self.proxies), self.trust_env)
                 self._proxies_by_host[host] = proxies
             kwargs["proxies"] = dict(proxies)
-        return super().send(request, **kwargs)
+        if kwargs.get("stream"):
+            return super().send(request, **kwargs)
+        response = super().send(request, **{**kwargs, "stream": True})
+        body = b"".join(response.iter_content(BODY_CHUNK_BYTES))
+        response._content = body  # what Response.content keeps
+        return response
+
+
+class LagoAuthenticator(BearerTokenAuthenticator):
+    """``Authorization: Bearer <api_key>``, set in the header alone.
+
+    The SDK's authenticator also rebuilds the URL of every request to add query
+    parameters, which this one never has: about a fifth of the CPU time of a request.
+    """
+
+    def authenticate_request(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        """Add the header (and the query parameters, were there any)."""
+        if self.auth_params:
+            return super().authenticate_request(request)
+        request.headers.update(self.auth_headers)
+        return request
 
 
 class RateLimitGate:
@@ -140,10 +167,10 @@ class TransportStream(RESTStream[int]):
         """Lago API root, e.g. ``https://api.getlago.com/api/v1``."""
         return str(self.config["api_url"]).rstrip("/")
 
-    @property
+    @functools.cached_property
     def authenticator(self) -> BearerTokenAuthenticator:
         """``Authorization: Bearer <api_key>``."""
-        return BearerTokenAuthenticator(token=str(self.config["api_key"]).strip())
+        return LagoAuthenticator(token=str(self.config["api_key"]).strip())
 
     @property
     def timeout(self) -> int:

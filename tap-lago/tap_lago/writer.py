@@ -4,13 +4,17 @@ The SDK's writer builds each line with simplejson and flushes stdout after every
 at a million records that is most of a sync's CPU time. This writer produces the same
 JSON (compact separators, same keys and values; a Decimal stays an exact number) and
 flushes only before and after non-RECORD messages (SCHEMA, STATE, ...), so a target never
-sees a STATE before the records it covers.
+sees a STATE before the records it covers. Where Python leaves stdout unbuffered
+(``PYTHONUNBUFFERED``), RECORD lines still go out in 64 KiB writes.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import datetime as dt
 import decimal
+import io
 import sys
 import typing as t
 
@@ -44,7 +48,7 @@ def dumps_line(obj: object) -> bytes:
     except orjson.JSONEncodeError:
         # What orjson refuses (an integer beyond 64 bits, ...): the SDK's own encoder.
         return (serialize_json(obj) + "\n").encode()
-    if _LS in line or _PS in line:
+    if not line.isascii() and (_LS in line or _PS in line):
         # Valid JSON, but str.splitlines() would cut the line there: escape them.
         line = line.replace(_LS, b"\\u2028").replace(_PS, b"\\u2029")
     return line
@@ -67,18 +71,54 @@ class LagoMessageWriter(SimpleSingerWriter):
         if version is not None:
             message["version"] = version
         message["time_extracted"] = dt.datetime.now(_UTC)
-        _emit(dumps_line(message), flush=False)
+        line = dumps_line(message)
+        out = sys.stdout
+        target = _target[1] if _target[0] is out else _binary_stdout(out)
+        if target is None:
+            out.write(line.decode())
+        else:
+            target.write(line)
+
+
+#: Our own buffer over stdout when Python leaves it unbuffered (``PYTHONUNBUFFERED``,
+#: ``-u``, common in container images): there, each RECORD line would be a system call.
+_buffered: io.BufferedWriter | None = None
+#: The stdout object last seen, and where its bytes go (worked out once per stdout).
+_target: tuple[t.Any, t.Any] = (None, None)
+
+
+def _binary_stdout(out: t.Any) -> t.Any:
+    """Where RECORD bytes go: stdout's binary buffer, buffered by us if Python does not."""
+    global _buffered, _target  # noqa: PLW0603 - one buffer per process, like stdout itself
+    buffer = getattr(out, "buffer", None)
+    if isinstance(buffer, io.RawIOBase):
+        if _buffered is None or _buffered.raw is not buffer:
+            if _buffered is not None:
+                _buffered.flush()
+            _buffered = io.BufferedWriter(buffer, 1 << 16)
+            atexit.register(_flush_at_exit, _buffered)
+        buffer = _buffered
+    _target = (out, buffer)
+    return buffer
+
+
+def _flush_at_exit(buffer: io.BufferedWriter) -> None:
+    """Write out what is left in our buffer at exit (unless stdout is already closed)."""
+    with contextlib.suppress(ValueError, OSError):
+        buffer.flush()
 
 
 def _emit(line: bytes, *, flush: bool) -> None:
     """Append bytes to stdout (its binary buffer when it has one, as in a real run)."""
     out = sys.stdout
-    buffer = getattr(out, "buffer", None)
+    buffer = _binary_stdout(out)
     if buffer is None:
         out.write(line.decode())
     else:
         buffer.write(line)
     if flush:
+        if buffer is not None:
+            buffer.flush()
         out.flush()
 
 
@@ -138,6 +178,10 @@ def _value_check(schema: dict[str, t.Any]) -> t.Callable[[t.Any], bool] | None:
 
         return list_ok if (item_check or object_check) else None
     if is_object_type(schema) and "properties" in schema:
+        if schema.get("additionalProperties") and not any(
+            _value_check(sub) for sub in schema["properties"].values()
+        ):
+            return None  # an open object whose declared properties take any JSON value
         nested = conformance_check(schema)
         return lambda value: not isinstance(value, dict) or nested(value)
     return None

@@ -355,13 +355,7 @@ def current_usage(ctx: RequestContext) -> bytes:
         now = store.clock()
         start, end = _objects_module().period_bounds(now)
         lo, hi = start.timestamp(), end.timestamp() + 1
-        rows, first, last = store.list_rows(
-            "events",
-            (("usage", sub_id, lo, hi),),
-            lambda o: o.get("external_subscription_id") == sub_id,
-            (lo, hi),
-        )
-        events = [r.obj for r in rows[first:last]]
+        events = store.period_events(lo, hi, sub_id)
         usage = _objects_module().customer_usage(customer, sub, plan, metrics, events, now=now)
     return _dumps({"customer_usage": usage})
 

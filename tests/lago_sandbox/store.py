@@ -588,6 +588,8 @@ class Store:
         self._max_sequential_id = 0
         self._billing_entities: set[Any] = set()
         self._query_cache: dict[tuple, tuple[int, list[Row]]] = {}
+        self._period_events: tuple[tuple[int, float, float], dict[Any, list[JsonObj]]] | None
+        self._period_events = None
         self.clock: Callable[[], datetime] = utcnow
         #: A premium licence (the ``premium`` setting): customer timezones are applied.
         self.premium = False
@@ -606,6 +608,7 @@ class Store:
                 self.tables = {n: Table(d) for n, d in RESOURCE_DEFS.items()}
                 self._events_by_txid = {}
                 self._query_cache = {}
+                self._period_events = None
                 for name, objs in data.items():
                     if name not in self.tables:
                         raise KeyError(f"unknown resource in seed data: {name}")
@@ -741,6 +744,23 @@ class Store:
             self._query_cache.pop(next(iter(self._query_cache)))
         self._query_cache[key] = (table.version, selected)
         return selected, 0, len(selected)
+
+    def period_events(self, lo: float, hi: float, subscription: Any) -> list[JsonObj]:
+        """A subscription's events with ``lo <= timestamp <= hi``, in list order.
+
+        Every subscription's are grouped in one pass over the period, cached until the
+        events change: current usage asks once per subscription, and a pass per request
+        would make a sync's usage reads cost the period's events times its subscriptions.
+        """
+        table = self.tables["events"]
+        key = (table.version, lo, hi)
+        if self._period_events is None or self._period_events[0] != key:
+            rows, first, last = self.list_rows("events", (), None, (lo, hi))
+            grouped: dict[Any, list[JsonObj]] = {}
+            for row in rows[first:last]:
+                grouped.setdefault(row.obj.get("external_subscription_id"), []).append(row.obj)
+            self._period_events = (key, grouped)
+        return list(self._period_events[1].get(subscription, ()))
 
     # -- writes: admin upsert --------------------------------------------------------------
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import io
 import json
+import operator
 import threading
 import time
+from contextlib import redirect_stdout
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -16,9 +19,12 @@ from singer_sdk.exceptions import RetriableAPIError
 from singer_sdk.singerlib import RecordMessage
 from singer_sdk.singerlib.encoding import SimpleSingerWriter
 from tap_lago import client, paging
+from tap_lago.date_windows import DateWindow
+from tap_lago.tap import TapLago
 from tap_lago.writer import LagoMessageWriter
 
-from tests.tap.conftest import SyncResult, run_tap, tap_config
+from tests.tap.conftest import SyncResult, parse_messages, run_tap, tap_config
+from tests.tap.test_sync import listed_by_api
 
 SEED = {"seed": 8, "customers": 12, "events": 400}
 
@@ -67,11 +73,16 @@ def bookmarks(result: SyncResult) -> dict[str, Any]:
 
 
 def test_same_records_in_the_same_order_as_one_request_at_a_time(sandbox: Any) -> None:
+    """Invoices come in the same order within each issuing_date window (see below)."""
     serial = run_tap(tap_config(sandbox, page_size=20, max_concurrency=1))
     ahead = run_tap(tap_config(sandbox, page_size=20, max_concurrency=4))
     assert serial.records["events"], "nothing synced"
     assert len(serial.records["events"]) > 20 * 8, "too few pages to exercise page-ahead"
-    assert without_request_time(ahead.records) == without_request_time(serial.records)
+    by_id = operator.itemgetter("lago_id")
+    expected, got = serial.records, ahead.records
+    for records in (expected, got):
+        records["invoices"].sort(key=by_id)
+    assert without_request_time(got) == without_request_time(expected)
     assert bookmarks(ahead) == bookmarks(serial)
 
 
@@ -269,22 +280,121 @@ def test_child_requests_run_ahead_and_each_is_made_once(
     assert peak[0] > 1, "child requests never overlapped"
 
 
-def test_invoices_are_read_one_page_at_a_time(sandbox_factory: Any) -> None:
-    """Lago caches invoice counts, so a changed list cannot be detected: no page-ahead."""
+def invoice_windows(sandbox: Any) -> dict[DateWindow, list[int]]:
+    """Pages of /invoices requested per issuing_date window, in arrival order (no probes)."""
+    out: dict[DateWindow, list[int]] = {}
+    for entry in sandbox.requests():
+        query = parse_qs(entry["query"])
+        if entry["path"] != "/api/v1/invoices" or query.get("per_page") == ["1"]:
+            continue
+        low, high = (query.get(f"issuing_date_{side}", [None])[0] for side in ("from", "to"))
+        window = DateWindow(
+            dt.date.fromisoformat(low) if low else None,
+            dt.date.fromisoformat(high) if high else None,
+        )
+        out.setdefault(window, []).append(int(query["page"][0]))
+    return out
+
+
+def within(window: DateWindow, invoice: dict[str, Any]) -> bool:
+    date = dt.date.fromisoformat(invoice["issuing_date"])
+    return (window.low is None or date >= window.low) and (
+        window.high is None or date <= window.high
+    )
+
+
+def test_invoices_are_read_in_windows_each_in_page_order(
+    sandbox_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Invoices (newest first, count cached by Lago) are read in issuing_date windows at
+    once, each one page at a time: the records are those of a serial read, each window's in
+    the serial read's order, and every date is in exactly one window."""
     sb = sandbox_factory(seed=SEED)
+    serial = run_tap(tap_config(sb, page_size=5, max_concurrency=1), streams={"invoices"})
     sb.requests(clear=True)
     sb.set_faults([{"path": "/api/v1/invoices", "fault": "latency", "delay_ms": 20}])
+    peak = count_requests_in_flight(monkeypatch)
+    windowed = run_tap(tap_config(sb, page_size=5, max_concurrency=4), streams={"invoices"})
+    sb.set_faults([])
+
+    by_id = operator.itemgetter("lago_id")
+    assert len(serial.records["invoices"]) > 5 * 8, "too few pages for windows"
+    assert sorted(windowed.records["invoices"], key=by_id) == sorted(
+        serial.records["invoices"], key=by_id
+    )
+    assert bookmarks(windowed) == bookmarks(serial)
+    windows = invoice_windows(sb)
+    # Page 1 of the whole list comes first; the newest window takes it as its own page 1.
+    assert windows.pop(DateWindow()) == [1]
+    assert len(windows) >= 3, windows
+    for window, pages in windows.items():
+        # In page order, each page once.
+        first = 2 if window.high is None else 1
+        assert pages == list(range(first, first + len(pages))), (window, pages)
+        in_window = [r for r in windowed.records["invoices"] if within(window, r)]
+        assert in_window == [r for r in serial.records["invoices"] if within(window, r)]
+    for invoice in serial.records["invoices"]:
+        assert sum(within(window, invoice) for window in windows) == 1, invoice["issuing_date"]
+    assert peak[0] > 1, "windows were never read at the same time"
+
+
+def test_invoices_inserted_while_windows_are_read_lose_nothing(
+    sandbox_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Right after page 1 of an older window is read, invoices are inserted at the top of
+    that window and of the newest one: rows shift down within their window, and a walk in
+    page order reads every invoice that existed before (the shifted ones twice, once
+    emitted)."""
+    sb = sandbox_factory(seed=SEED)
+    original = {i["lago_id"] for i in sb.dump()["invoices"] if listed_by_api("invoices", i)}
+    sb.set_faults([{"path": "/api/v1/invoices", "fault": "latency", "delay_ms": 20}])
+    inserted: list[str] = []
+    lock = threading.Lock()
+    real_send = client.LagoStream._send
+
+    def send(self: Any, prepared: Any, context: Any) -> Any:
+        response = real_send(self, prepared, context)
+        query = parse_qs(urlsplit(str(prepared.url)).query)
+        if "/invoices" in str(prepared.url) and query.get("page") == ["1"]:
+            high = query.get("issuing_date_to", [None])[0]
+            with lock:
+                if high and query.get("per_page") != ["1"] and not inserted:
+                    new = [
+                        {"issuing_date": high, "status": "finalized"},
+                        {"issuing_date": dt.date.today().isoformat(), "status": "finalized"},
+                    ]
+                    inserted.extend(i["lago_id"] for i in sb.upsert("invoices", new))
+        return response
+
+    monkeypatch.setattr(client.LagoStream, "_send", send)
     result = run_tap(tap_config(sb, page_size=5, max_concurrency=4), streams={"invoices"})
     sb.set_faults([])
-    pages = [page for page, _ in pages_requested(sb, "/api/v1/invoices")]
-    assert len(pages) > 2
-    assert pages == list(range(1, len(pages) + 1))
-    listed = requests.get(
-        f"{sb.url}/invoices?per_page=1",
-        headers={"Authorization": f"Bearer {sb.api_key}"},
-        timeout=10,
-    ).json()["meta"]["total_count"]
-    assert len(result.records["invoices"]) == listed
+
+    assert inserted, "nothing was inserted while the windows were read"
+    emitted = [r["lago_id"] for r in result.records["invoices"]]
+    assert original <= set(emitted), sorted(original - set(emitted))
+    assert len(emitted) == len(set(emitted)), "an invoice was emitted twice"
+
+
+def test_invoices_bookmark_waits_for_every_window(sandbox_factory: Any) -> None:
+    """A window that cannot be read fails the sync, and no STATE carries an invoices
+    bookmark, although other windows' records were emitted: the next run reads it all."""
+    sb = sandbox_factory(seed=SEED)
+    sb.set_faults([{"path": "/api/v1/invoices", "fault": "error", "status": 500, "after": 9}])
+    tap = TapLago(
+        config=tap_config(sb, page_size=5, max_concurrency=4, max_retries=1),
+        parse_env_config=False,
+    )
+    for name, stream in tap.streams.items():
+        stream.selected = name == "invoices"
+    out = io.StringIO()
+    with redirect_stdout(out), pytest.raises(RetriableAPIError):
+        tap.sync_all()
+    sb.set_faults([])
+    messages = parse_messages(out.getvalue())
+    assert any(m["type"] == "RECORD" for m in messages), "no window was read before the error"
+    for state in (m["value"] for m in messages if m["type"] == "STATE"):
+        assert "replication_key_value" not in state.get("bookmarks", {}).get("invoices", {})
 
 
 def test_max_concurrency_must_be_positive(sandbox: Any) -> None:

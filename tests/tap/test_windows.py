@@ -104,6 +104,59 @@ def test_end_date_splits_a_backfill_into_jobs(sandbox_factory: Any) -> None:
     assert all(parse_datetime(t) == middle for t in _stamps(events, overlap))
 
 
+def test_jobs_run_at_once_keep_their_own_bookmarks(sandbox_factory: Any, tmp_path: Path) -> None:
+    """A backfill split over processes run at once (README "Scaling a backfill out"): each
+    job ends 1 ms before the next starts and keeps its own state; together they read every
+    event once, no bookmark passes its job's end_date, and a job run again from its own
+    state reads nothing of the others' ranges."""
+    sb = sandbox_factory(seed=SEED)
+    events = sb.dump()["events"]
+    stamps = sorted(parse_datetime(e["timestamp"]) for e in events)
+    cuts = [stamps[0], stamps[len(stamps) // 3], stamps[2 * len(stamps) // 3]]
+    ms = dt.timedelta(milliseconds=1)
+    jobs = []
+    for number, low in enumerate(cuts):
+        config = tap_config(
+            sb, start_date=low.isoformat(), lookback_window_days=0, max_requests_per_second=0
+        )
+        if number + 1 < len(cuts):
+            config["end_date"] = (cuts[number + 1] - ms).isoformat()
+        path = tmp_path / f"job{number}.json"
+        path.write_text(json.dumps(config))
+        jobs.append(path)
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps(_events_only_catalog(jobs[0])))
+
+    def start(config: Path, state: Path | None = None) -> subprocess.Popen[str]:
+        command = [sys.executable, "-m", "tap_lago", "--config", str(config)]
+        command += ["--catalog", str(catalog), *(["--state", str(state)] if state else [])]
+        return subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO_ROOT
+        )
+
+    running = [start(job) for job in jobs]
+    outputs = [proc.communicate(timeout=300)[0] for proc in running]
+    assert all(proc.returncode == 0 for proc in running)
+    results = [[json.loads(line) for line in out.splitlines()] for out in outputs]
+    keys = [event_keys([m["record"] for m in r if m["type"] == "RECORD"]) for r in results]
+    assert set().union(*keys) == event_keys(events)
+    assert sum(len(k) for k in keys) == len(event_keys(events)), "an event was read twice"
+    states = [[m["value"] for m in r if m["type"] == "STATE"][-1] for r in results]
+    for number, state in enumerate(states[:-1]):
+        mark = parse_datetime(state["bookmarks"]["events"]["replication_key_value"])
+        assert mark == cuts[number + 1] - ms
+
+    state_path = tmp_path / "state0.json"
+    state_path.write_text(json.dumps(states[0]))
+    again, _ = start(jobs[0], state_path).communicate(timeout=300)
+    reread = [json.loads(line) for line in again.splitlines()]
+    assert all(
+        parse_datetime(m["record"]["timestamp"]) <= cuts[1] - ms
+        for m in reread
+        if m["type"] == "RECORD"
+    )
+
+
 def _stamps(events: list[dict[str, Any]], keys: set[tuple[str, str]]) -> list[str]:
     return [
         e["timestamp"]
