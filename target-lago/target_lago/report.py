@@ -40,6 +40,8 @@ class StreamStats:
     accepted_unverified: int = 0
     rejected: int = 0
     skipped: int = 0
+    #: Records another process of a `partition` handles (shown when there are some).
+    skipped_by_partition: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, counter: str, count: int = 1) -> None:
@@ -55,6 +57,8 @@ class StreamStats:
     def line(self, *, dry_run: bool = False) -> str:
         """The summary line of this stream."""
         counts = " ".join(f"{name}={getattr(self, name)}" for name in COUNTERS)
+        if self.skipped_by_partition:
+            counts += f" skipped_by_partition={self.skipped_by_partition}"
         mode = " (dry run: delivered = would send)" if dry_run else ""
         return f"summary stream={self.stream} action={self.action} {counts}{mode}"
 
