@@ -101,6 +101,10 @@ class SandboxProcess:
         """Replace the fault rules (``[]`` clears)."""
         self._admin("POST", "faults", {"rules": rules})
 
+    def rate_limited(self) -> dict[str, int]:
+        """Requests each rate-limit bucket answered with 429 so far."""
+        return dict(self._admin("GET", "rate_limits")["limited"])
+
     def requests(self, clear: bool = False) -> list[dict[str, Any]]:
         """The request log; ``clear=True`` empties it afterwards."""
         log = list(self._admin("GET", "requests")["requests"])
@@ -138,6 +142,7 @@ def start_sandbox(
     *,
     api_key: str = "bench-api-key",
     latency_ms: int = 0,
+    rate_limits: str | None = None,
     ready_timeout: float = 900,
     **seed: Any,
 ) -> SandboxProcess:
@@ -146,6 +151,7 @@ def start_sandbox(
     Args:
         api_key: the key the sandbox accepts.
         latency_ms: delay added to every ``/api/v1`` request.
+        rate_limits: the gateway's limits (``cloud`` or ``events=N,...``; None: none).
         ready_timeout: seconds to wait for the sandbox to seed and listen.
         **seed: seed options (``seed``, ``customers``, ``events``, ``months``, ``anchor``).
 
@@ -154,6 +160,8 @@ def start_sandbox(
     """
     cmd = [sys.executable, "-m", "tests.lago_sandbox", "--port", "0", "--api-key", api_key]
     cmd += ["--latency-ms", str(latency_ms)]
+    if rate_limits is not None:
+        cmd += ["--rate-limits", rate_limits]
     for name, value in seed.items():
         if value is not None:
             cmd += [f"--{name}", str(value)]
