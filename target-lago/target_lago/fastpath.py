@@ -2,10 +2,11 @@
 
 The SDK spends more per record (a copy, the stream map, metadata columns, hooks, metrics)
 than the whole of a lean client's work per event. For an events stream that nothing
-transforms, `FastEvents` reads each RECORD line once, checks it with the stream's compiled
-validator, maps it with a specialised `event_payload`, and hands the `Item` to the very
-sink the SDK path would: same batches, same `admit` (partition, duplicates in the run),
-same delivery, dead letters and STATE.
+transforms, `read_lines` decodes each RECORD line once and `_Plan.take` checks it against
+the stream's compiled validator and maps it as `event_payload` would, both worked out once
+per record shape (its columns and value types), then hands the `Item` to the very sink the
+SDK path would: same batches, same duplicate memory and partition rule, same delivery,
+dead letters and STATE.
 
 It only takes a record when the result is certain to equal the SDK path's; anything else
 (stream maps, metadata columns, a schema the validator does not compile, a value that is
@@ -71,16 +72,6 @@ try:  # CPython's own SHA-256 starts faster than OpenSSL's on short texts; same 
     from _sha256 import sha256 as _sha256
 except ImportError:  # pragma: no cover - renamed in Python 3.12
     from hashlib import sha256 as _sha256
-
-
-def _text(value: t.Any) -> str | None:
-    """A code, subscription or transaction id as `event_payload` sends it, else None."""
-    kind = type(value)
-    if kind is str:
-        return value if value.strip() and "\x00" not in value else None
-    if kind is int:
-        return str(value)
-    return None
 
 
 def _scalar(value: t.Any) -> bool:
