@@ -13,6 +13,10 @@ It only takes a record when the result is certain to equal the SDK path's; anyth
 not a plain scalar, a field to reject, a customer to resolve, long or exponent numbers
 whose reading could differ) goes the SDK's way, in order, from the same line. Nothing is
 changed before that decision.
+
+A change to what the SDK path does per event record (`LagoSink.process_record`,
+`event_payload`, `EventsSink.admit`) must be made here too: the tests that send the same
+input both ways compare requests, stored events, dead letters, STATE and counts.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as _json_quote
 
 import msgspec
+from singer_sdk import Target
 from singer_sdk.mapper import SameRecordTransform
 
 from target_lago.actions.events import _NOT_PROPERTIES, EventsSink, in_partition, key_text
@@ -459,6 +464,8 @@ class FastEvents:
         eligible = (
             ENABLED
             and not target.dry_run
+            # A target that changes the SDK's per-record handling keeps it for every record.
+            and type(target)._process_record_message is Target._process_record_message
             and len(maps) == 1
             and type(maps[0]) is SameRecordTransform
             and maps[0].stream_alias == stream
