@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 
@@ -37,7 +37,11 @@ class InFlight:
         self.limit = max(1, limit)
         self.backlog = self.limit if backlog is None else max(0, backlog)
         self._pool = ThreadPoolExecutor(max_workers=self.limit, thread_name_prefix="lago")
-        self._pending: set[Future] = set()
+        # One slot per submitted task until it ends: submitting costs the same whatever
+        # the number of tasks outstanding.
+        self._slots = threading.Semaphore(self.limit + self.backlog)
+        self._outstanding = 0
+        self._settled = threading.Condition()
         self._failure: BaseException | None = None
         self._lock = threading.Lock()
 
@@ -56,9 +60,17 @@ class InFlight:
             if first and self._on_failure is not None:
                 self._on_failure()
 
-    def _collect(self, done: Iterable[Future]) -> None:
-        for future in done:
-            self._pending.discard(future)
+    def _run_submitted(self, task: Callable[..., Any], *args: Any) -> None:
+        try:
+            self._run(task, *args)
+        finally:
+            self._slots.release()
+            with self._settled:
+                self._outstanding -= 1
+                if not self._outstanding:
+                    self._settled.notify_all()
+
+    def _raise_failure(self) -> None:
         if self._failure is not None:
             raise self._failure
 
@@ -69,11 +81,21 @@ class InFlight:
             task: Callable run in a worker thread.
             *args: Its arguments.
         """
-        self._collect([f for f in self._pending if f.done()])
-        while len(self._pending) >= self.limit + self.backlog:
-            done, _ = wait(self._pending, return_when=FIRST_COMPLETED)
-            self._collect(done)
-        self._pending.add(self._pool.submit(self._run, task, *args))
+        self._raise_failure()
+        self._slots.acquire()
+        if self._failure is not None:
+            self._slots.release()
+            raise self._failure
+        with self._settled:
+            self._outstanding += 1
+        try:
+            self._pool.submit(self._run_submitted, task, *args)
+        except BaseException:
+            self._slots.release()
+            with self._settled:
+                self._outstanding -= 1
+                self._settled.notify_all()
+            raise
 
     def run_all(self, task: Callable[[Any], Any], items: Iterable[Any]) -> None:
         """Run `task` on every item in parallel and return when all are done.
@@ -82,18 +104,17 @@ class InFlight:
             task: Callable taking one item.
             items: The items.
         """
-        self._collect([f for f in self._pending if f.done()])
+        self._raise_failure()
         futures = [self._pool.submit(self._run, task, item) for item in items]
         wait(futures)
-        self._collect(futures)
+        self._raise_failure()
 
     def wait_all(self) -> None:
         """Wait until every submitted task has finished, then raise its first failure."""
-        while self._pending:
-            done, _ = wait(self._pending, return_when=FIRST_COMPLETED)
-            self._collect(done)
-        if self._failure is not None:
-            raise self._failure
+        with self._settled:
+            while self._outstanding:
+                self._settled.wait()
+        self._raise_failure()
 
     def close(self) -> None:
         """Stop the worker threads, dropping tasks that have not started."""
@@ -105,4 +126,6 @@ class InFlight:
         Their failures are not raised: the run is stopping for another reason.
         """
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._pending.clear()
+        with self._settled:  # the dropped tasks never end: nothing is outstanding now
+            self._outstanding = 0
+            self._settled.notify_all()

@@ -11,8 +11,6 @@ import typing as t
 from collections.abc import Mapping
 from typing import Any
 
-import pendulum
-
 # ASCII digits only: Python reads full-width digits as numbers, Lago (Ruby) reads them as 0.
 _NUMERIC = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
 # 10^11 seconds is the year 5138: a larger epoch value is milliseconds, which Lago
@@ -180,6 +178,8 @@ def to_iso(value: Any) -> str:
 
 
 def _parse_iso(text: str) -> dt.datetime:
+    import pendulum  # noqa: PLC0415 - only for the rarer forms: a faster start
+
     try:
         parsed = pendulum.parse(text.strip())
     except (pendulum.parsing.exceptions.ParserError, ValueError) as exc:

@@ -53,6 +53,8 @@ class StreamStats:
     dry_run: bool = False
     logger: logging.Logger | None = field(default=None, repr=False)
     reasons: Counter[str] = field(default_factory=Counter, repr=False)
+    #: Records another process of a `partition` handles (shown when there are some).
+    skipped_by_partition: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _started: float = field(default_factory=time.monotonic, repr=False)
     _next_progress: float = field(default=0.0, repr=False)
@@ -102,6 +104,8 @@ class StreamStats:
     def line(self) -> str:
         """The summary line of this stream (`unsent` only when the run stopped early)."""
         counts = " ".join(f"{name}={getattr(self, name)}" for name in COUNTERS)
+        if self.skipped_by_partition:
+            counts += f" skipped_by_partition={self.skipped_by_partition}"
         if self.unsent:
             counts += f" unsent={self.unsent}"
         mode = " (dry run: delivered = would send)" if self.dry_run else ""

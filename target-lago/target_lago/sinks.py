@@ -40,8 +40,7 @@ class StreamSetupError(Exception):
     """A stream whose records cannot be written safely as declared (fatal at its SCHEMA)."""
 
 
-@dataclass
-@dataclass
+@dataclass(slots=True)
 class Item:
     """A record, the body built from it and that body as JSON."""
 
@@ -49,6 +48,8 @@ class Item:
     payload: dict
     key: str
     data: bytes = b""
+    #: A part of the record written by a request of its own (a plan's entitlements).
+    aside: t.Any = None
 
 
 class LagoSink(BatchSink):
@@ -67,6 +68,8 @@ class LagoSink(BatchSink):
     #: Fields the mapping reads itself, in any form it accepts: their declared types in
     #: the incoming schema are not enforced (stream maps type a dict expression as string).
     self_parsed: t.ClassVar[tuple[str, ...]] = ()
+    #: Whether the `partition` setting can split the stream between processes (events).
+    partitioned: t.ClassVar[bool] = False
 
     def __init__(
         self,
@@ -90,6 +93,13 @@ class LagoSink(BatchSink):
         self._shown = 0
         self._warned_ignored = False
         self._max_size = int(self.config.get("batch_size", 100))  # read once: asked per record
+        if target.partition is not None and not self.partitioned:
+            msg = (
+                f"Stream '{stream_name}' ({self.action}) cannot be split by the partition "
+                "setting, which splits events streams only: load it in a run without "
+                "partition (before the events that need it)."
+            )
+            raise StreamSetupError(msg)
         self.setup()
 
     def get_batch_processing_timer(self) -> metrics.Timer:
@@ -193,6 +203,9 @@ class LagoSink(BatchSink):
             item = Item(record, payload, key, _encode(payload))
         except RecordRejected as exc:
             tid = exc.transaction_id
+            if not self.in_share(tid):
+                self.stats.add("skipped_by_partition")
+                return
             self.reject(
                 record,
                 None,
@@ -222,6 +235,10 @@ class LagoSink(BatchSink):
                 self.logger.info("dry run: would %s", self.describe(item))
             return
         context.setdefault("records", []).append(item)
+
+    def in_share(self, transaction_id: str | None) -> bool:
+        """Whether this process's `partition` holds a record (streams not split: all)."""
+        return True
 
     def describe(self, item: Item) -> str:
         """The request a record would make, for the dry run's log."""
@@ -387,4 +404,9 @@ def _encode(payload: dict) -> bytes:
         return encode(payload)
     except UnicodeEncodeError:
         problem = unsendable(payload, "") or ("record", "a value is not valid Unicode text")
-        raise RecordRejected({problem[0]: ["value_is_invalid"]}, problem[1]) from None
+        tid = payload.get("transaction_id")
+        raise RecordRejected(
+            {problem[0]: ["value_is_invalid"]},
+            problem[1],
+            tid if isinstance(tid, str) else None,  # its partition share owns it
+        ) from None

@@ -8,6 +8,7 @@ import hashlib
 import json
 import typing as t
 import urllib.parse
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -211,6 +212,18 @@ def event_payload(record: Mapping[str, Any], id_columns: Sequence[str]) -> dict:
 ALREADY_EXISTS = {"transaction_id": ["value_already_exist"]}
 
 
+def in_partition(transaction_id: str | None, index: int, count: int) -> bool:
+    """Whether share `index` of `count` (1-based) holds an event, by its transaction id.
+
+    CRC-32 of the id's UTF-8, modulo `count`: the same in every process and version. A
+    record rejected before it has an id belongs to the first share, so that exactly one
+    process dead-letters it.
+    """
+    if transaction_id is None:
+        return index == 1
+    return zlib.crc32(transaction_id.encode("utf-8", "surrogatepass")) % count == index - 1
+
+
 
 class _Acknowledged(msgspec.Struct):
     lago_id: str | None = None
@@ -229,6 +242,8 @@ def unverified_acknowledgement(content: bytes) -> bool:
     Such a store answers a new event and a duplicate of a stored one alike, with
     `lago_id: null`; the Postgres store gives every stored event its id.
     """
+    if b"\\u" not in content and content.count(b"lago_id") == content.count(b'"lago_id":"'):
+        return False  # every lago_id key in it (none escaped), wherever it is, holds text
     try:
         answer = _ANSWER.decode(content)
     except (msgspec.DecodeError, msgspec.ValidationError):
@@ -247,37 +262,69 @@ class SeenEvents:
 
     One for the whole run: every events stream, across schema changes.
 
-    Bounded: two generations of `limit / 2` fingerprints each (about 100 bytes an event),
-    and the JSON of the newest `kept` events, to show an earlier value in a message.
+    Bounded and compact: two generations of up to `limit / 2` events, each a pair of
+    64-bit tables (key hash, content hash) probed in place, about 32 bytes an event (1,000,000
+    events: 32 MB); and the JSON of the newest `kept` events, to show an earlier value in
+    a message.
     """
 
     def __init__(self, limit: int = 1_000_000, kept: int = 50_000) -> None:
         self._half = max(1, limit // 2)
+        self._mask = (1 << max(4, (2 * self._half - 1).bit_length())) - 1  # half full at most
         self._kept_half = max(1, kept // 2)
-        self._new: dict[int, int] = {}
-        self._old: dict[int, int] = {}
+        self._new = self._table()
+        self._old: tuple[memoryview, memoryview] | None = None
+        self._count = 0
         self._data_new: dict[int, bytes] = {}
         self._data_old: dict[int, bytes] = {}
+
+    def _table(self) -> tuple[memoryview, memoryview]:
+        # Zeroed memory the system hands out as it is written: a short run costs little.
+        size = 8 * (self._mask + 1)
+        return memoryview(bytearray(size)).cast("q"), memoryview(bytearray(size)).cast("q")
 
     def conflict(self, item: Item) -> tuple[bool, bytes | None]:
         """Remember an event; (True, earlier JSON or None) when its key came with other content."""
         payload = item.payload
         key = hash((payload.get("external_subscription_id"), payload["transaction_id"]))
-        fingerprint = hash(item.data)
-        earlier = self._new.get(key)
-        if earlier is None:
-            earlier = self._old.get(key)
-        if earlier is not None:
-            if earlier == fingerprint:
-                return False, None
-            return True, self._data_new.get(key) or self._data_old.get(key)
-        if len(self._new) >= self._half:
-            self._old, self._new = self._new, {}
-        self._new[key] = fingerprint
+        return self.check(key, hash(item.data), item.data)
+
+    def check(self, key: int, fingerprint: int, data: bytes) -> tuple[bool, bytes | None]:
+        """`conflict` of an event's key hash, content hash and JSON."""
+        key = key or 1  # 0 marks a free slot
+        mask = self._mask
+        keys, prints = self._new
+        slot = key & mask
+        while True:
+            found = keys[slot]
+            if found == key:
+                return self._verdict(key, prints[slot] == fingerprint)
+            if not found:
+                break
+            slot = (slot + 1) & mask
+        if self._old is not None:
+            old_keys, old_prints = self._old
+            other = key & mask
+            while found := old_keys[other]:
+                if found == key:
+                    return self._verdict(key, old_prints[other] == fingerprint)
+                other = (other + 1) & mask
+        if self._count >= self._half:
+            self._old, self._new, self._count = self._new, self._table(), 0
+            keys, prints = self._new
+            slot = key & mask
+        keys[slot] = key
+        prints[slot] = fingerprint
+        self._count += 1
         if len(self._data_new) >= self._kept_half:
             self._data_old, self._data_new = self._data_new, {}
-        self._data_new[key] = item.data
+        self._data_new[key] = data
         return False, None
+
+    def _verdict(self, key: int, same: bool) -> tuple[bool, bytes | None]:
+        if same:
+            return False, None
+        return True, self._data_new.get(key) or self._data_old.get(key)
 
 
 class EventsSink(LagoSink):
@@ -289,6 +336,7 @@ class EventsSink(LagoSink):
     batched = True
     rank = 90
     self_parsed = ("timestamp", "properties")
+    partitioned = True
 
     def setup(self) -> None:
         """Refuse a stream whose rows would get no stable transaction id.
@@ -329,10 +377,24 @@ class EventsSink(LagoSink):
         return payload, f"event {payload['transaction_id']!r}"
 
     def admit(self, item: Item) -> bool:
-        """Dead-letter a second record of one event key with other content."""
+        """Skip another share's event; dead-letter a repeated event key with other content."""
+        if not self.in_share(item.payload["transaction_id"]):
+            self.stats.add("skipped_by_partition")
+            return False
         conflict, earlier = self._seen.conflict(item)
-        if not conflict:
+        if conflict:
+            self.reject_duplicate(item, earlier)
+        return not conflict
+
+    def in_share(self, transaction_id: str | None) -> bool:
+        """Whether this process's `partition` holds an event (without an id: the first)."""
+        share = self.lago.partition
+        if share is None:
             return True
+        return in_partition(transaction_id, *share)
+
+    def reject_duplicate(self, item: Item, earlier: bytes | None) -> None:
+        """Dead-letter an event whose key came earlier in the run with other content."""
         before = earlier.decode() if earlier is not None else "(no longer in memory)"
         self.reject(
             item.record,
@@ -346,7 +408,6 @@ class EventsSink(LagoSink):
             "transaction_id, or fix the duplicate upstream.",
             payload=item.payload,
         )
-        return False
 
     @property
     def max_size(self) -> int:
@@ -370,6 +431,9 @@ class EventsSink(LagoSink):
     def _deliver_batch(self, items: list[Item]) -> None:
         # Lago flags a repeated transaction_id inside one batch as already existing
         # even for another subscription, so such events go in a later request.
+        if len({item.payload["transaction_id"] for item in items}) == len(items):
+            self._settle(items)  # the common case: every id once
+            return
         rounds: list[list[Item]] = []
         seen: list[set[str]] = []
         for item in items:
@@ -389,7 +453,7 @@ class EventsSink(LagoSink):
         pending = items
         # Every 422 answer settles at least one index, so len(items) + 1 posts suffice.
         for _ in range(len(items) + 1):
-            body = b'{"events":[' + b",".join(item.data for item in pending) + b"]}"
+            body = b'{"events":[' + b",".join([item.data for item in pending]) + b"]}"
             response = self.lago.client.post(self.endpoint, body)
             if response.ok:
                 # A ClickHouse store answers a new event and a stored one alike.

@@ -308,7 +308,7 @@ class PlansSink(CatalogSink):
     def apply(self, item: Item) -> None:
         """Write the plan, then its entitlements (when the record has them)."""
         wanted = item.payload.pop("entitlements", None)
-        item.entitlements = wanted  # type: ignore[attr-defined]
+        item.aside = wanted
         super().apply(item)
 
     def body(self, item: Item, stored: dict | None) -> dict | None:
@@ -353,7 +353,7 @@ class PlansSink(CatalogSink):
 
     def then(self, item: Item, outcome: str) -> None:
         """Set the entitlements the record gives, then settle the record."""
-        wanted = getattr(item, "entitlements", None)
+        wanted = item.aside
         if wanted is None:
             self.stats.add(outcome)
             return
