@@ -50,3 +50,69 @@ def test_both_plugins_carry_the_same_pacing_module() -> None:
     tap = (ROOT / "tap-lago" / "tap_lago" / "pacing.py").read_text()
     target = (ROOT / "target-lago" / "target_lago" / "pacing.py").read_text()
     assert tap == target
+
+
+class _Clock:
+    """A monotonic clock the test moves by hand (sleep moves it)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    from tap_lago import pacing
+
+    fake = _Clock()
+    monkeypatch.setattr(pacing.time, "monotonic", lambda: fake.now)
+    return fake
+
+
+def test_requests_are_spaced_evenly_per_bucket(clock: _Clock) -> None:
+    from tap_lago.pacing import Pacer
+
+    pacer = Pacer(48, reference="default")
+    for _ in range(5):
+        pacer.wait("default", clock.sleep)
+    assert clock.slept == pytest.approx([1 / 48] * 4)
+    clock.slept.clear()
+    pacer.wait("current_usage", clock.sleep)  # another bucket: its own pace, no wait
+    assert clock.slept == []
+    assert pacer.rate("current_usage") == pytest.approx(48 * 4)
+
+
+def test_a_429_holds_halves_once_a_second_then_the_pace_climbs_back(clock: _Clock) -> None:
+    from tap_lago.pacing import Pacer
+
+    pacer = Pacer(40, reference="default")
+    assert pacer.limited("default", 2.0) is True
+    assert pacer.rate("default") == pytest.approx(20)
+    # 429s answered meanwhile to requests already in flight change nothing more.
+    assert pacer.limited("default", 2.0) is False
+    assert pacer.rate("default") == pytest.approx(20)
+    pacer.wait("default", clock.sleep)  # held until the reset
+    assert clock.slept == [pytest.approx(2.0)]
+    for _ in range(49):
+        pacer.acknowledged("default")
+    assert pacer.rate("default") == pytest.approx(20 + 49 * 0.4)
+    for _ in range(10):
+        pacer.acknowledged("default")
+    assert pacer.rate("default") == pytest.approx(40)  # never above the setting
+    assert pacer.throttled == 2
+
+
+def test_unpaced_buckets_still_hold_for_a_429(clock: _Clock) -> None:
+    from tap_lago.pacing import Pacer
+
+    pacer = Pacer(0)
+    pacer.wait("events", clock.sleep)
+    assert clock.slept == []
+    pacer.limited("events", 1.5)
+    assert pacer.rate("events") is None
+    pacer.wait("events", clock.sleep)
+    assert clock.slept == [pytest.approx(1.5)]
