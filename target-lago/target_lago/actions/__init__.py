@@ -5,8 +5,8 @@ fields, payload, how a response settles) and one line here. `rank` orders the wr
 a run: lower ranks are flushed before a higher-ranked sink writes, so what a record refers
 to is in Lago before it. The ranks leave room for the actions between: taxes, billable
 metrics and features 0, add-ons 10, plans 20, coupons 30 (the catalog: `catalog.py`),
-customers 40, wallets 50, subscriptions 60, applied coupons 70, wallet transactions and
-one-off invoices 80, events 90.
+customers 40, wallets 50, subscriptions 60, subscription plans (overrides) 65, applied
+coupons 70, wallet transactions and one-off invoices 80, events 90.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from target_lago.actions.events import EventsSink
 from target_lago.actions.features import FeaturesSink
 from target_lago.actions.one_off_invoices import OneOffInvoicesSink
 from target_lago.actions.plans import PlansSink
+from target_lago.actions.subscription_plans import SubscriptionPlansSink
 from target_lago.actions.subscriptions import SubscriptionsSink
 from target_lago.actions.taxes import TaxesSink
 from target_lago.actions.wallet_transactions import WalletTransactionsSink
@@ -31,6 +32,7 @@ ACTIONS: dict[str, type[LagoSink]] = {
     for sink in (
         CustomersSink,
         SubscriptionsSink,
+        SubscriptionPlansSink,
         EventsSink,
         WalletsSink,
         WalletTransactionsSink,
