@@ -85,7 +85,7 @@ def test_tap_lago_into_target_lago_copies_an_organisation(
     # The same copy again changes nothing.
     stderr = pipe(tmp_path, source, settings)
     assert destination.dump() == first
-    for stream in ("taxes", "plans", "coupons", "wallets", "wallet_balances", "subscriptions",
-                   "subscription_plans", "events"):  # fmt: skip
+    for stream in ("taxes", "plans", "coupons", "customers", "wallets", "wallet_balances",
+                   "subscriptions", "subscription_plans", "events"):  # fmt: skip
         line = next(x for x in stderr.splitlines() if f"summary stream={stream} " in x)
         assert " delivered=0 " in line, line
