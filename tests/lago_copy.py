@@ -25,8 +25,8 @@ Org = dict[str, list[dict[str, Any]]]
 
 # tap-lago's streams a copy selects, and the seed of the copied organisation.
 COPIED = (
-    "taxes", "billable_metrics", "add_ons", "plans", "coupons", "customers", "wallets",
-    "subscriptions", "subscription_plans", "applied_coupons", "events",
+    "taxes", "billable_metrics", "features", "add_ons", "plans", "entitlements", "coupons",
+    "customers", "wallets", "subscriptions", "subscription_plans", "applied_coupons", "events",
 )  # fmt: skip
 SOURCE_SEED = {"seed": 42, "customers": 10, "events": 300}
 EMPTY = {"customers": 0, "events": 0, "catalog": False}
@@ -95,6 +95,8 @@ KEYS: dict[str, Callable[[dict[str, Any]], tuple]] = {
     "add_ons": lambda o: (o["code"],),
     "coupons": lambda o: (o["code"],),
     "plans": lambda o: (o["code"],),
+    "features": lambda o: (o["code"],),
+    "entitlements": lambda o: (o["plan_code"], o["code"]),
     "customers": lambda o: (o["external_id"],),
     "subscriptions": lambda o: (o["external_id"], o["status"], o["plan_code"]),
     "overridden_plans": lambda o: (o["external_subscription_id"], o["status"]),
