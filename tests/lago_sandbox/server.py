@@ -852,7 +852,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
             dump = state.store.dump()
             # Features and entitlements live with the catalog writes (catalog.py).
             dump["features"] = catalog.features_of(state.store)
-            dump["overridden_plans"] = catalog.overridden_plans_of(state.store)
+            # Plans of overridden subscriptions, when there are any (not a seeded resource).
+            overridden = catalog.overridden_plans_of(state.store)
+            if overridden:
+                dump["overridden_plans"] = overridden
             dump["entitlements"] = [
                 {"plan_code": plan, **entitlement}
                 for plan, entitlements in catalog.entitlements_of(state.store).items()

@@ -20,6 +20,11 @@ class SubscriptionPlansSink(SubscriptionsSink):
     action = "subscription_plans"
     rank = 65
 
+    def describe(self, item: Item) -> str:
+        """The requests of a record, for the dry run's log."""
+        path = self._path(item)
+        return f"GET {path}, then PUT {path} with plan_overrides when its plan differs"
+
     def _deliver_group(self, group: list[Item]) -> None:
         for item in group:
             outcome = self._override(item, "already_present", absent="skipped")
