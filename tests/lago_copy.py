@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import requests
 import yaml
 
 from tests.lago_sandbox import Sandbox
@@ -24,8 +25,8 @@ Org = dict[str, list[dict[str, Any]]]
 
 # tap-lago's streams a copy selects, and the seed of the copied organisation.
 COPIED = (
-    "taxes", "billable_metrics", "add_ons", "plans", "coupons", "customers", "wallets",
-    "subscriptions", "applied_coupons", "events",
+    "taxes", "billable_metrics", "features", "add_ons", "plans", "entitlements", "coupons",
+    "customers", "wallets", "subscriptions", "subscription_plans", "applied_coupons", "events",
 )  # fmt: skip
 SOURCE_SEED = {"seed": 42, "customers": 10, "events": 300}
 EMPTY = {"customers": 0, "events": 0, "catalog": False}
@@ -33,15 +34,45 @@ BALANCE = "25.0"
 
 
 def organisations(factory: Callable[..., Sandbox]) -> tuple[Sandbox, Sandbox]:
-    """A seeded organisation (one active wallet holding credits) and an empty premium one."""
+    """A seeded premium organisation and an empty premium one.
+
+    The source has one active wallet holding credits and one active subscription with
+    plan overrides (its price, and its first charge's display name and properties).
+    """
     source, destination = factory(seed=SOURCE_SEED), factory(seed=EMPTY)
+    source.configure(premium=True)
     destination.configure(premium=True)
+    override(source)
     wallet = next(w for w in source.dump()["wallets"] if w["status"] == "active")
     source.upsert("wallets", {
         "lago_id": wallet["lago_id"], "credits_balance": BALANCE, "balance": BALANCE,
         "balance_cents": 2500, "ongoing_balance_cents": 2500, "credits_ongoing_balance": BALANCE,
     })  # fmt: skip
     return source, destination
+
+
+def override(org: Sandbox) -> dict[str, Any]:
+    """Give one active subscription on a plan with charges its own plan; returns it."""
+    data = org.dump()
+    plans = {p["code"]: p for p in data["plans"] if p.get("charges")}
+    sub = next(
+        s for s in data["subscriptions"] if s["status"] == "active" and s["plan_code"] in plans
+    )
+    charge = plans[sub["plan_code"]]["charges"][0]
+    overrides = {
+        "amount_cents": 12345,
+        "name": "Negotiated",
+        "charges": [{"id": charge["lago_id"], "invoice_display_name": "Negotiated usage",
+                     "properties": charge["properties"]}],
+    }  # fmt: skip
+    response = requests.put(
+        f"{org.url}/subscriptions/{sub['external_id']}",
+        json={"subscription": {"plan_overrides": overrides}},
+        headers={"Authorization": f"Bearer {org.api_key}"},
+        timeout=30,
+    )
+    response.raise_for_status()
+    return dict(response.json()["subscription"])
 
 
 def copy_settings() -> dict[str, Any]:
@@ -64,8 +95,11 @@ KEYS: dict[str, Callable[[dict[str, Any]], tuple]] = {
     "add_ons": lambda o: (o["code"],),
     "coupons": lambda o: (o["code"],),
     "plans": lambda o: (o["code"],),
+    "features": lambda o: (o["code"],),
+    "entitlements": lambda o: (o["plan_code"], o["code"]),
     "customers": lambda o: (o["external_id"],),
     "subscriptions": lambda o: (o["external_id"], o["status"], o["plan_code"]),
+    "overridden_plans": lambda o: (o["external_subscription_id"], o["status"]),
     "wallets": lambda o: (o["external_customer_id"], o["code"], o["status"]),
     "applied_coupons": lambda o: (o["external_customer_id"], o["coupon_code"], o["status"]),
     "events": lambda o: (o["external_subscription_id"], o["transaction_id"]),

@@ -103,6 +103,7 @@ STREAMS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         ("lago_id",),
     ),
     "subscription_alerts": ("/subscriptions/{external_id}/alerts", "alerts", ("lago_id",)),
+    "subscription_plans": ("/subscriptions/{external_id}", "subscription", ("lago_id",)),
     "wallet_alerts": (
         "/customers/{external_customer_id}/wallets/{wallet_code}/alerts",
         "alerts",

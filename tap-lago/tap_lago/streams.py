@@ -46,6 +46,9 @@ Replication at a glance (endpoint; primary key; method and key):
   stops below the bookmark, whose own period is read again
 - subscription_lifetime_usage: /subscriptions/{external_id}/lifetime_usage; lago_id;
   FULL_TABLE (a snapshot), child of active and terminated subscriptions
+- subscription_plans: /subscriptions/{external_id}?status=; lago_id; FULL_TABLE, child of
+  active and pending subscriptions (the subscription with its ``plan``: its own when
+  overridden)
 - subscription_alerts: /subscriptions/{external_id}/alerts?subscription_status=; lago_id;
   FULL_TABLE (no change key), child of subscriptions; wallet_alerts:
   /customers/{external_customer_id}/wallets/{code}/alerts; lago_id; FULL_TABLE, child of
@@ -392,7 +395,13 @@ class _PerSubscription(LagoChildStream):
     parent_stream_type = SubscriptionsStream
     #: Subscription statuses this endpoint has something for.
     statuses: t.ClassVar[frozenset[str]] = frozenset({"active", "terminated"})
-    _read: set[tuple[str, str]] | None = None
+    #: Whether subscriptions sharing an ``external_id`` are read once per status.
+    by_status: t.ClassVar[bool] = False
+    _read: set[tuple[t.Any, ...]] | None = None
+
+    def _key(self, context: Context) -> tuple[t.Any, ...]:
+        key = (context.get("external_customer_id"), context.get("external_subscription_id"))
+        return (*key, context.get("status")) if self.by_status else key
 
     def wants(self, context: Context | None) -> bool:
         """Whether to read this subscription: its ``external_id`` is not read yet.
@@ -400,9 +409,10 @@ class _PerSubscription(LagoChildStream):
         And its status is in ``statuses``, or unknown.
         """
         context = context or {}
-        key = (context.get("external_customer_id"), context.get("external_subscription_id"))
         status = context.get("status")
-        return (status is None or status in self.statuses) and key not in (self._read or set())
+        return (status is None or status in self.statuses) and self._key(context) not in (
+            self._read or set()
+        )
 
     def prefetch(self, context: Context) -> None:
         if self.wants(context):
@@ -414,7 +424,7 @@ class _PerSubscription(LagoChildStream):
         if self._read is None:
             self._read = set()
         context = context or {}
-        self._read.add((context["external_customer_id"], context["external_subscription_id"]))
+        self._read.add(self._key(context))
         return super().request_records(context)
 
 
@@ -630,6 +640,29 @@ class SubscriptionAlertsStream(_PerSubscription):
         return {"subscription_status": (context or {})["status"]}
 
 
+class SubscriptionPlansStream(_PerSubscription):
+    """Each active and pending subscription with the plan it is billed on.
+
+    An overridden subscription (``plan_overrides``) is billed on a plan of its own, with
+    the parent plan's code; only ``GET /subscriptions/{external_id}`` shows it, so this
+    costs one request per active or pending subscription (select it when copying an
+    organisation with overrides).
+    """
+
+    name = "subscription_plans"
+    path = "/subscriptions/{external_subscription_id}"
+    primary_keys = ("lago_id",)
+    records_key = "subscription"
+    paginated = False
+    statuses = frozenset({"active", "pending"})
+    by_status = True
+    # 404: the subscription ended (or moved to another status) since it was listed.
+    skippable_child_statuses = frozenset({HTTPStatus.NOT_FOUND})
+
+    def filter_params(self, context: Context | None) -> dict[str, t.Any]:  # noqa: D102
+        return {"status": (context or {})["status"]}
+
+
 class WalletAlertsStream(LagoChildStream):
     """Balance alerts of each wallet (addressed by customer and wallet code)."""
 
@@ -677,6 +710,7 @@ STREAM_TYPES: tuple[type[LagoStream], ...] = (
     CustomerPastUsageStream,
     SubscriptionLifetimeUsageStream,
     SubscriptionAlertsStream,
+    SubscriptionPlansStream,
     WalletAlertsStream,
     *ANALYTICS_STREAMS,
     *LOG_STREAMS,

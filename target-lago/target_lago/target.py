@@ -60,6 +60,8 @@ ENDPOINT_CHECKS: dict[str, tuple[str, str, bytes | None, int]] = {
     "events": ("POST", "/events/batch", b'{"events":[]}', 422),
     "customers": ("GET", "/customers?per_page=1", None, 200),
     "subscriptions": ("GET", "/subscriptions?per_page=1", None, 200),
+    "subscription_plans": ("GET", "/subscriptions?per_page=1", None, 200),
+    "entitlements": ("GET", "/features?per_page=1", None, 200),
     # No customer: 422 customer_not_found / wallet_not_found, nothing created.
     "wallets": ("POST", "/wallets", b'{"wallet":{"external_customer_id":""}}', 422),
     "wallet_transactions": (

@@ -20,6 +20,7 @@ lago-api v1.51.0 semantics (README "Catalog writes" lists every choice):
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
@@ -1031,7 +1032,10 @@ def _box(store: Store) -> JsonObj:
             if plan_id is not None and row.get("code") in features:
                 values = {p["code"]: p.get("value") for p in row.get("privileges") or ()}
                 entitlements.setdefault(plan_id, {})[row["code"]] = values
-        box = (store.tables, {"features": features, "entitlements": entitlements})
+        box = (
+            store.tables,
+            {"features": features, "entitlements": entitlements, "overrides": {}},
+        )
         store._catalog_box = box  # type: ignore[attr-defined]
     return box[1]
 
@@ -1313,6 +1317,116 @@ def delete_entitlement(ctx: RequestContext) -> bytes:
         return _answer("entitlement", found[0])
 
 
+# ---------------------------------------------------------------------- subscription plan overrides
+
+
+def _override_charge(store: Store, charge: JsonObj, given: JsonObj) -> None:
+    """A charge's overridable parts (``Charges::OverrideService``): the keys given."""
+    if "properties" in given:
+        charge["properties"] = _properties(charge["charge_model"], given.get("properties"))
+    if "min_amount_cents" in given:
+        charge["min_amount_cents"] = given.get("min_amount_cents") or 0
+    if "invoice_display_name" in given:
+        charge["invoice_display_name"] = given.get("invoice_display_name")
+    if given.get("filters") is not None:
+        charge["filters"] = _charge_filters(given["filters"])
+    if isinstance(given.get("tax_codes"), list):
+        charge["taxes"] = _taxes(store, given["tax_codes"])
+
+
+def _override_fields(store: Store, plan: JsonObj, given: JsonObj) -> None:
+    errors: JsonObj = {}
+    fields = _plan_basics(store, {k: v for k, v in given.items() if k != "metadata"}, errors)
+    if "amount_currency" in given:
+        if given["amount_currency"] not in CURRENCIES:
+            errors["amount_currency"] = ["value_is_invalid"]
+        fields["amount_currency"] = given["amount_currency"]
+    if "trial_period" in given:
+        trial = _decimal(given["trial_period"] or 0)
+        if trial is None:
+            errors["trial_period"] = ["value_is_invalid"]
+        fields["trial_period"] = float(trial or 0)
+    _fail(errors)
+    plan.update(fields)
+    if given.get("minimum_commitment") is not None:
+        _commitment(plan, given["minimum_commitment"], store)
+
+
+def override_plan(store: Store, sub: JsonObj, given: Any) -> None:
+    """``plan_overrides`` of a subscription (licensed; the caller checks the licence).
+
+    The first call gives the subscription its own plan (``Plans::OverrideService``): a copy
+    of its plan with a new ``lago_id`` and the same ``code``, each charge copied with
+    ``lago_parent_id`` naming the plan's charge and the overrides of the charge whose
+    ``id`` is that charge's; unknown ids are ignored. Later calls update that plan
+    (``Plans::UpdateService``): charges matched by their own ``id`` (or their parent's),
+    charges not named are removed when ``charges`` is given. The subscription's
+    ``plan_amount_cents`` and ``plan_amount_currency`` follow its plan.
+    """
+    if not isinstance(given, dict):
+        raise unprocessable({"plan_overrides": ["value_is_invalid"]})
+    charges = _list_of_dicts(given.get("charges") or [], "charges")
+    overrides = _box(store)["overrides"]
+    plan = overrides.get(sub["lago_id"])
+    if plan is None:
+        parent = _find(store, "plans", sub["plan_code"], "plan")
+        plan = copy.deepcopy(parent)
+        now = iso(store.clock())
+        plan.update({"lago_id": o.new_lago_id(), "created_at": now})
+        by_id = {str(c.get("id")): c for c in charges if c.get("id")}
+        plan["charges"] = []
+        for charge in parent.get("charges") or []:
+            mine = {**copy.deepcopy(charge), "lago_id": o.new_lago_id(), "created_at": now}
+            mine["lago_parent_id"] = charge["lago_id"]
+            _override_charge(store, mine, by_id.get(charge["lago_id"], {}))
+            plan["charges"].append(mine)
+        for fixed in plan.get("fixed_charges") or []:
+            fixed.update({"lago_id": o.new_lago_id(), "lago_parent_id": fixed["lago_id"]})
+    else:
+        plan = copy.deepcopy(plan)
+        if given.get("charges") is not None:
+            kept = []
+            for item in charges:
+                found = next(
+                    (
+                        c
+                        for c in plan.get("charges") or []
+                        if item.get("id") in (c["lago_id"], c.get("lago_parent_id"))
+                    ),
+                    None,
+                )
+                if found is not None:
+                    _override_charge(store, found, item)
+                    kept.append(found)
+            plan["charges"] = kept
+    _override_fields(store, plan, given)
+    overrides[sub["lago_id"]] = plan
+    sub["plan_amount_cents"] = plan.get("amount_cents", 0)
+    sub["plan_amount_currency"] = plan.get("amount_currency")
+    store.changed("subscriptions", sub)
+
+
+def plan_of(store: Store, sub: JsonObj) -> JsonObj | None:
+    """The plan a subscription is billed on: its own when overridden, else its plan's."""
+    own = _box(store)["overrides"].get(sub.get("lago_id"))
+    return own if own is not None else store.find_one("plans", code=sub.get("plan_code"))
+
+
+def overridden_plans_of(store: Store) -> list[JsonObj]:
+    """Each overridden subscription's own plan (for tests that compare organisations)."""
+    with store.lock:
+        subs = {s["lago_id"]: s for s in store.find_all("subscriptions")}
+        return [
+            {
+                "external_subscription_id": subs[sub_id]["external_id"],
+                "status": subs[sub_id]["status"],
+                "plan": plan,
+            }
+            for sub_id, plan in _box(store)["overrides"].items()
+            if sub_id in subs
+        ]
+
+
 def features_of(store: Store) -> list[JsonObj]:
     """Every feature (for tests that compare organisations)."""
     with store.lock:
@@ -1330,4 +1444,12 @@ def entitlements_of(store: Store) -> dict[str, list[JsonObj]]:
         }
 
 
-__all__ = ["ROUTES", "ApiError", "entitlements_of", "features_of"]
+__all__ = [
+    "ROUTES",
+    "ApiError",
+    "entitlements_of",
+    "features_of",
+    "overridden_plans_of",
+    "override_plan",
+    "plan_of",
+]

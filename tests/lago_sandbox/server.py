@@ -377,7 +377,7 @@ def get_customer(ctx: RequestContext) -> bytes:
 
 
 def _with_plan(store: Store, sub: JsonObj) -> bytes:
-    plan = store.find_one("plans", code=sub.get("plan_code"))
+    plan = catalog.plan_of(store, sub)
     extended = dict(sub)
     if plan is not None:
         extended["plan"] = plan
@@ -472,7 +472,7 @@ def post_subscription(ctx: RequestContext) -> bytes:
     """``POST /subscriptions`` (create, idempotent re-POST, upgrade, downgrade)."""
     payload = ctx.root("subscription")
     with ctx.store.lock:
-        sub = ctx.store.create_subscription(payload, ctx.state.complete)
+        sub = ctx.store.create_subscription(payload, ctx.state.complete, _overrider(ctx, payload))
         return _with_plan(ctx.store, sub)
 
 
@@ -525,8 +525,17 @@ def put_subscription(ctx: RequestContext) -> bytes:
     body = ctx.json_body()
     status = (ctx.query.get("status") or [body.get("status") or ""])[0] or None
     with ctx.store.lock:
-        sub = ctx.store.update_subscription(ctx.path_params["external_id"], status, payload)
+        sub = ctx.store.update_subscription(
+            ctx.path_params["external_id"], status, payload, _overrider(ctx, payload)
+        )
         return _with_plan(ctx.store, sub)
+
+
+def _overrider(ctx: RequestContext, payload: JsonObj) -> Callable[[JsonObj], None] | None:
+    """How ``plan_overrides`` apply: only with a premium licence (None: 403)."""
+    if not ctx.state.settings.get("premium"):
+        return None
+    return lambda sub: catalog.override_plan(ctx.store, sub, payload.get("plan_overrides"))
 
 
 @_route("POST", "/applied_coupons")
@@ -843,6 +852,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
             dump = state.store.dump()
             # Features and entitlements live with the catalog writes (catalog.py).
             dump["features"] = catalog.features_of(state.store)
+            # Plans of overridden subscriptions, when there are any (not a seeded resource).
+            overridden = catalog.overridden_plans_of(state.store)
+            if overridden:
+                dump["overridden_plans"] = overridden
             dump["entitlements"] = [
                 {"plan_code": plan, **entitlement}
                 for plan, entitlements in catalog.entitlements_of(state.store).items()

@@ -985,9 +985,16 @@ class Store:
     # -- writes: subscriptions -------------------------------------------------------------
 
     def create_subscription(
-        self, payload: JsonObj, complete: Callable[[str, JsonObj], JsonObj]
+        self,
+        payload: JsonObj,
+        complete: Callable[[str, JsonObj], JsonObj],
+        override: Callable[[JsonObj], None] | None = None,
     ) -> JsonObj:
-        """``POST /subscriptions``: create, re-POST, upgrade or downgrade."""
+        """``POST /subscriptions``: create, re-POST, upgrade or downgrade.
+
+        ``override`` applies ``plan_overrides`` to a subscription this call creates (None:
+        no licence, so ``plan_overrides`` is refused with 403).
+        """
         with self.lock:
             now = self.clock()
             plan_code = payload.get("plan_code")
@@ -997,8 +1004,10 @@ class Store:
             ext_customer = payload.get("external_customer_id")
             if _blank(ext_customer):
                 raise unprocessable({"external_customer_id": ["value_is_mandatory"]})
-            if payload.get("plan_overrides"):
+            if payload.get("plan_overrides") and override is None:
                 raise forbidden("feature_unavailable")
+            if not payload.get("plan_overrides"):
+                override = None
             ext_customer = str(ext_customer)
             customer = self.customer(ext_customer)
             if customer is None:
@@ -1061,6 +1070,7 @@ class Store:
                     payload=payload,
                     now=now,
                     complete=complete,
+                    override=override,
                 )
             status = "pending" if sub_at.date() > now.date() else "active"
             fields = {
@@ -1082,6 +1092,8 @@ class Store:
                 fields["billing_entity_code"] = customer["billing_entity_code"]
             obj = complete("subscriptions", fields)
             self._insert("subscriptions", obj)
+            if override is not None:
+                override(obj)
             return obj
 
     def _change_plan(
@@ -1093,6 +1105,7 @@ class Store:
         payload: JsonObj,
         now: datetime,
         complete: Callable[[str, JsonObj], JsonObj],
+        override: Callable[[JsonObj], None] | None,
     ) -> JsonObj:
         old_plan = self.find_one("plans", code=current.get("plan_code")) or {}
         base = {
@@ -1125,6 +1138,8 @@ class Store:
             }
             obj = complete("subscriptions", fields)
             self._insert("subscriptions", obj)
+            if override is not None:
+                override(obj)
             return obj
         # Downgrade: applied at the end of the current period.
         end = parse_datetime(current.get("current_billing_period_ending_at") or "")
@@ -1140,6 +1155,8 @@ class Store:
         }
         nxt = complete("subscriptions", fields)
         self._insert("subscriptions", nxt)
+        if override is not None:
+            override(nxt)
         current["next_plan_code"] = plan["code"]
         current["downgrade_plan_date"] = switch.isoformat()
         self.changed("subscriptions", current)
@@ -1262,9 +1279,16 @@ class Store:
     # -- writes: subscription update, applied coupons, one-off invoices ----------------------
 
     def update_subscription(
-        self, external_id: str, status: str | None, payload: JsonObj
+        self,
+        external_id: str,
+        status: str | None,
+        payload: JsonObj,
+        override: Callable[[JsonObj], None] | None = None,
     ) -> JsonObj:
-        """``PUT /subscriptions/{external_id}`` (LAGO_API_WRITES.md section 1)."""
+        """``PUT /subscriptions/{external_id}`` (LAGO_API_WRITES.md section 1).
+
+        ``override`` applies ``plan_overrides`` (None: no licence, refused with 403).
+        """
         with self.lock:
             rows = self.find_all("subscriptions", external_id=external_id)
             if len(rows) > 1:
@@ -1275,7 +1299,7 @@ class Store:
             sub = max(rows, key=lambda s: epoch(s.get("subscription_at")) or 0.0)
             if sub.get("status") == "incomplete":
                 raise not_allowed("subscription_incomplete")
-            if payload.get("plan_overrides"):
+            if payload.get("plan_overrides") and override is None:
                 raise forbidden("feature_unavailable")
             now = self.clock()
             errors: JsonObj = {}
@@ -1309,6 +1333,8 @@ class Store:
                 if sub_at.date() <= now.date():
                     sub["status"] = "active"
                     sub["started_at"] = iso_ms(sub_at)
+            if override is not None and payload.get("plan_overrides"):
+                override(sub)
             self.changed("subscriptions", sub)
             return sub
 

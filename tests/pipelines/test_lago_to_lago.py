@@ -34,5 +34,7 @@ def test_a_whole_organisation_is_copied_and_a_second_run_changes_nothing(
 
     again = meltano.run("tap-lago", "target-lago")
     assert destination.dump() == first
-    assert target_summary(again.stderr, "plans")["delivered"] == 0
+    for stream in ("plans", "customers", "subscriptions", "subscription_plans", "events"):
+        assert target_summary(again.stderr, stream)["delivered"] == 0, stream
+    assert len(first["overridden_plans"]) == 1  # compared with its source above
     assert target_summary(again.stderr, "wallet_balances")["already_present"] == 1

@@ -540,6 +540,31 @@ def test_subscription_writes(proxy: Proxy, org: dict[str, list[dict]]) -> None:
             }
         },
     )
+    # Licensed: the subscription gets a plan of its own (the list keeps the parent's code).
+    proxy.sandbox.configure(premium=True)
+    try:
+        priced = next(p for p in org["plans"] if p["charges"])
+        charge = priced["charges"][0]
+        overrides = {
+            "amount_cents": 1,
+            "name": "Own",
+            "charges": [{"id": charge["lago_id"], "invoice_display_name": "Own usage"}],
+        }
+        created = {
+            "subscription": {
+                **base, "external_id": "sw-3", "plan_code": priced["code"],
+                "plan_overrides": overrides,
+            }
+        }  # fmt: skip
+        openapi_spec.validate_object("SubscriptionCreateInput", created)
+        proxy.call("POST", "/subscriptions", body=created)
+        update = {"subscription": {"ending_at": None, "plan_overrides": {"amount_cents": 2}}}
+        openapi_spec.validate_object("SubscriptionUpdateInput", update)
+        proxy.call("PUT", "/subscriptions/{external_id}", "/subscriptions/sw-3", body=update)
+        proxy.call("GET", "/subscriptions/{external_id}", "/subscriptions/sw-3")
+        proxy.call("GET", "/subscriptions", params={"external_customer_id": "sw-cust"})
+    finally:
+        proxy.sandbox.configure(premium=False)
     proxy.assert_clean()
 
 

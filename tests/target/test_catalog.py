@@ -226,6 +226,38 @@ def test_a_change_lago_refuses_is_a_dead_letter_with_its_reason(
     assert "rejected" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_charge_model_change_on_a_plan_with_subscriptions_names_the_field_and_the_fix(
+    lago: Sandbox, config: dict, tmp_path: Path
+) -> None:
+    assert apply(tmp_path, PRICING, config).returncode == 0
+    subscription = {"external_customer_id": "c1", "external_id": "s1", "plan_code": "business"}
+    response = requests.post(
+        f"{lago.url}/subscriptions",
+        json={"subscription": subscription},
+        headers={"Authorization": f"Bearer {lago.api_key}"},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+
+    def regraduate(catalog: dict) -> None:
+        seats = next(c for c in plan_of(catalog, "business")["charges"]
+                     if c["billable_metric_code"] == "seats")  # fmt: skip
+        seats["charge_model"] = "graduated"
+        seats["properties"] = {"graduated_ranges": [
+            {"from_value": 0, "to_value": None, "flat_amount": "0", "per_unit_amount": "11"}
+        ]}  # fmt: skip
+
+    result = apply(tmp_path, edited(tmp_path, regraduate), config)
+    assert result.returncode == 1
+    [letter] = dead_letters(config["dead_letter_path"])
+    assert (letter["http_status"], letter["error_code"]) == (422, "validation_errors")
+    assert letter["details"]["amount"] == ["invalid_amount"]  # Lago's own reason, kept
+    [field] = [f for f in letter["details"] if f.startswith("charges[")]
+    assert letter["details"][field] == ["kept_while_plan_has_subscriptions"]
+    assert f"{field} 'package' -> 'graduated'" in letter["message"]
+    assert "create a plan with a new code" in letter["message"]
+
+
 def test_deleting_needs_an_explicit_column(lago: Sandbox, config: dict, tmp_path: Path) -> None:
     assert apply(tmp_path, PRICING, config).returncode == 0
 

@@ -77,6 +77,33 @@ def test_a_tap_lago_customer_is_copied_without_its_read_only_fields(
     )
 
 
+def test_an_unchanged_customer_is_already_present_and_not_sent_again(
+    sandbox: Sandbox, lago: Sandbox, config: dict
+) -> None:
+    source = next(c for c in sandbox.dump()["customers"] if c["metadata"] and c["taxes"])
+    plain = {"external_id": "plain", "name": "Plain", "country": "fr", "currency": "EUR"}
+    assert run_target(config, customers_messages(source, plain)).error is None
+    before = lago.dump()["customers"]
+    lago.requests(clear=True)
+
+    again = run_target(config, customers_messages(source, plain))
+    assert again.error is None
+    assert again.counts["customers"]["delivered"] == 0
+    assert again.counts["customers"]["already_present"] == 2
+    # The plain one is read, compared, not sent; the copied one is sent (without a licence
+    # Lago drops its `timezone`, so it differs on every run) and Lago's answer shows that
+    # nothing changed.
+    assert source["timezone"] and not any(c["timezone"] for c in before)
+    assert len(posts(lago)) == 1
+    assert lago.dump()["customers"] == before
+
+    changed = run_target(config, customers_messages(source, {**plain, "city": "Lyon"}))
+    assert changed.counts["customers"]["delivered"] == 1
+    assert changed.counts["customers"]["already_present"] == 1
+    [row] = by_external_id(lago.dump()["customers"], "plain")
+    assert (row["city"], row["country"]) == ("Lyon", "FR")
+
+
 def test_subscriptions_repost_skip_and_reject(lago: Sandbox, config: dict, plan: dict) -> None:
     future = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=20)).strftime("%Y-%m-%d")
     records = [

@@ -77,10 +77,17 @@ def test_tap_lago_into_target_lago_copies_an_organisation(
     [grant] = first["wallet_transactions"]
     assert (grant["lago_wallet_id"], grant["credit_amount"]) == (wallet["lago_id"], "25.0")
     assert any(c["metadata"] for c in first["customers"])  # compared with the rest above
+    assert first["entitlements"] and first["features"]  # compared with the rest above
+    # The overridden subscription has its own plan in the copy too (compared above).
+    [own] = first["overridden_plans"]
+    assert (own["plan"]["amount_cents"], own["plan"]["name"]) == (12345, "Negotiated")
+    assert own["plan"]["charges"][0]["invoice_display_name"] == "Negotiated usage"
 
     # The same copy again changes nothing.
     stderr = pipe(tmp_path, source, settings)
     assert destination.dump() == first
-    for stream in ("taxes", "plans", "coupons", "wallets", "wallet_balances", "events"):
+    for stream in ("taxes", "features", "plans", "entitlements", "coupons", "customers",
+                   "wallets", "wallet_balances", "subscriptions", "subscription_plans",
+                   "events"):  # fmt: skip
         line = next(x for x in stderr.splitlines() if f"summary stream={stream} " in x)
         assert " delivered=0 " in line, line

@@ -4,9 +4,9 @@ Adding an action means one module declaring its sink (endpoint, method, key, req
 fields, payload, how a response settles) and one line here. `rank` orders the writes of
 a run: lower ranks are flushed before a higher-ranked sink writes, so what a record refers
 to is in Lago before it. The ranks leave room for the actions between: taxes, billable
-metrics and features 0, add-ons 10, plans 20, coupons 30 (the catalog: `catalog.py`),
-customers 40, wallets 50, subscriptions 60, applied coupons 70, wallet transactions and
-one-off invoices 80, events 90.
+metrics and features 0, add-ons 10, plans 20, plan entitlements 25, coupons 30 (the
+catalog: `catalog.py`), customers 40, wallets 50, subscriptions 60, subscription plans
+(overrides) 65, applied coupons 70, wallet transactions and one-off invoices 80, events 90.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from target_lago.actions.applied_coupons import AppliedCouponsSink
 from target_lago.actions.billable_metrics import BillableMetricsSink
 from target_lago.actions.coupons import CouponsSink
 from target_lago.actions.customers import CustomersSink
+from target_lago.actions.entitlements import EntitlementsSink
 from target_lago.actions.events import EventsSink
 from target_lago.actions.features import FeaturesSink
 from target_lago.actions.one_off_invoices import OneOffInvoicesSink
 from target_lago.actions.plans import PlansSink
+from target_lago.actions.subscription_plans import SubscriptionPlansSink
 from target_lago.actions.subscriptions import SubscriptionsSink
 from target_lago.actions.taxes import TaxesSink
 from target_lago.actions.wallet_transactions import WalletTransactionsSink
@@ -31,6 +33,7 @@ ACTIONS: dict[str, type[LagoSink]] = {
     for sink in (
         CustomersSink,
         SubscriptionsSink,
+        SubscriptionPlansSink,
         EventsSink,
         WalletsSink,
         WalletTransactionsSink,
@@ -41,6 +44,7 @@ ACTIONS: dict[str, type[LagoSink]] = {
         FeaturesSink,
         AddOnsSink,
         PlansSink,
+        EntitlementsSink,
         CouponsSink,
     )
 }

@@ -312,8 +312,31 @@ class CatalogSink(OneByOneSink):
         )
         if response.ok:
             self._check(item, response, "delivered")
-        else:
-            self.reject_response(item, response, response.error_details or response.body)
+            return
+        details = response.error_details or response.body
+        hint = self.refusal(item, stored, response)
+        if hint is None:
+            self.reject_response(item, response, details)
+            return
+        fields, fix = hint
+        self.reject(
+            item.record,
+            response.status,
+            response.error_code,
+            {**(details if isinstance(details, dict) else {}), **fields},
+            f"Lago refused {item.key}: HTTP {response.status} {response.error_code} "
+            f"{shown(details)}; {fix}",
+            payload=item.payload,
+        )
+
+    def refusal(
+        self, item: Item, stored: dict, response: LagoResponse
+    ) -> tuple[dict[str, list[str]], str] | None:
+        """For an update Lago refused: the record's fields to blame, and the fix.
+
+        None: no better explanation than Lago's own.
+        """
+        return None
 
     def _check(self, item: Item, response: LagoResponse, outcome: str) -> None:
         """Dead-letter a write whose answer shows fields Lago did not take."""

@@ -1,14 +1,25 @@
-"""`customers`: `POST /customers`, an upsert on `external_id`."""
+"""`customers`: `POST /customers`, an upsert on `external_id`.
+
+Each row first reads the customer (`GET /customers/{external_id}`): when Lago already
+holds every field the row gives, nothing is sent and the row counts as already present.
+An unchanged replay thus costs one read instead of one write (and sends Lago no
+`customer.updated` webhook); a changed row costs the read and the upsert (counted as
+already present when Lago's answer shows it changed nothing). The read also
+names the metadata entries Lago holds by their ids (see `keep_metadata_ids`).
+"""
 
 from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from target_lago.client import encode
 from target_lago.mapping import RecordRejected, missing, plain, refuse_unsendable
 from target_lago.sinks import Item, OneByOneSink
+
+if TYPE_CHECKING:
+    from target_lago.client import LagoResponse
 
 CUSTOMER_FIELDS = frozenset(
     {
@@ -158,10 +169,35 @@ class CustomersSink(OneByOneSink):
 
     def _deliver_group(self, group: list[Item]) -> None:
         for item in group:
-            self.keep_metadata_ids(item)
-        super()._deliver_group(group)
+            stored = self._stored(item)
+            if stored is not None and unchanged(item.payload, stored):
+                self.stats.add("already_present")
+                continue
+            self.keep_metadata_ids(item, stored or {})
+            item.aside = stored
+            super()._deliver_group([item])
 
-    def keep_metadata_ids(self, item: Item) -> None:
+    def settle_ok(self, item: Item, response: LagoResponse) -> None:
+        """Already present when Lago's answer is the customer it held before.
+
+        A field Lago drops (`timezone` without a premium licence) differs from what it holds
+        on every run, so the row is sent; the answer then shows nothing changed.
+        """
+        body = response.body if isinstance(response.body, dict) else {}
+        before, after = item.aside, body.get("customer")
+        if isinstance(before, dict) and isinstance(after, dict) and _bare(before) == _bare(after):
+            self.stats.add("already_present")
+        else:
+            self.stats.add("delivered")
+
+    def _stored(self, item: Item) -> dict | None:
+        """The customer Lago holds (None: none, or it could not be read: the row is sent)."""
+        response = self.lago.client.get(self._path(item))
+        body = response.body if response.ok and isinstance(response.body, dict) else {}
+        found = body.get("customer")
+        return found if isinstance(found, dict) else None
+
+    def keep_metadata_ids(self, item: Item, stored: Mapping[str, Any]) -> None:
         """Name the metadata entries Lago holds by their `id` (matched by key).
 
         Lago replaces a customer's metadata with the entries sent: one without `id` is a new
@@ -171,10 +207,6 @@ class CustomersSink(OneByOneSink):
         entries = item.payload.get("metadata")
         if not isinstance(entries, list) or all("id" in e for e in entries):
             return
-        response = self.lago.client.get(self._path(item))
-        body = response.body if response.ok and isinstance(response.body, dict) else {}
-        found = body.get("customer")
-        stored: dict = found if isinstance(found, dict) else {}
         ids = {
             m.get("key"): m.get("lago_id")
             for m in stored.get("metadata") or []
@@ -218,3 +250,56 @@ def marks_deleted(value: Any) -> bool:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return value != 0
     return True
+
+
+def _bare(customer: Mapping[str, Any]) -> dict:
+    return {k: v for k, v in customer.items() if k != "updated_at"}
+
+
+def _codes_of(stored: Mapping[str, Any], key: str) -> list[str]:
+    return sorted(_codes(stored.get(key) or []))
+
+
+def _same(key: str, wanted: Any, held: Any) -> bool:
+    """Whether Lago's value is the one a row gives (objects: the keys it gives)."""
+    if isinstance(wanted, Mapping):
+        held = held if isinstance(held, Mapping) else {}
+        return all(_same(k, v, held.get(k)) for k, v in wanted.items())
+    if key == "country" and isinstance(wanted, str) and isinstance(held, str):
+        return wanted.upper() == held.upper()
+    if isinstance(wanted, list) and isinstance(held, list) and len(wanted) == len(held):
+        return all(_same(key, w, h) for w, h in zip(wanted, held, strict=True))
+    return bool(wanted == held)
+
+
+def unchanged(payload: Mapping[str, Any], stored: Mapping[str, Any]) -> bool:
+    """Whether Lago holds every field of the body already (an upsert would change nothing).
+
+    Tax and custom section codes are compared with the codes of what Lago applies, and
+    metadata by key, value and display flag, in any order; any other doubt is a change.
+    """
+    for key, wanted in payload.items():
+        if key == "tax_codes":
+            same = sorted(map(str, wanted or [])) == _codes_of(stored, "taxes")
+        elif key == "invoice_custom_section_codes":
+            held = _codes_of(stored, "applicable_invoice_custom_sections")
+            same = sorted(map(str, wanted or [])) == held
+        elif key == "metadata":
+            same = _entries(wanted) == _entries(stored.get("metadata"))
+        else:
+            same = _same(key, wanted, stored.get(key))
+        if not same:
+            return False
+    return True
+
+
+def _entries(value: Any) -> list[tuple] | None:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        return None
+    return sorted(
+        (str(e.get("key")), e.get("value"), bool(e.get("display_in_invoice")))
+        for e in value
+        if isinstance(e, Mapping)
+    )

@@ -40,6 +40,9 @@ from target_lago.actions.catalog import (
 )
 from target_lago.sinks import Item
 
+if t.TYPE_CHECKING:
+    from target_lago.client import LagoResponse
+
 # Parts of charges and fixed charges that Lago fills in when a write leaves them out.
 OPTIONAL = frozenset({"code", "invoice_display_name"})
 
@@ -350,6 +353,37 @@ class PlansSink(CatalogSink):
         if "minimum_commitment" in body and not body["minimum_commitment"] and stored is None:
             del body["minimum_commitment"]
         return body
+
+    def refusal(
+        self, item: Item, stored: dict, response: LagoResponse
+    ) -> tuple[dict[str, list[str]], str] | None:
+        """A 422 on a plan whose charges change model, explained.
+
+        Lago keeps the model of a charge of a plan with subscriptions, then checks the new
+        properties against the old model (a standard charge given graduated ranges: 422
+        `{"amount":["invalid_amount"]}`).
+        """
+        wanted = item.payload.get("charges")
+        held = [dict(c) for c in stored.get("charges") or [] if isinstance(c, Mapping)]
+        if response.status != 422 or not isinstance(wanted, list):
+            return None
+        by_id = {c.get("lago_id"): c for c in held}
+        changes = {}
+        for index, lago_id in enumerate(match(wanted, held, "billable_metric_code")):
+            old = by_id.get(lago_id) or {}
+            new = wanted[index].get("charge_model")
+            if old and new and old.get("charge_model") != new:
+                changes[f"charges[{index}].charge_model"] = (old["charge_model"], new)
+        if not changes:
+            return None
+        said = ", ".join(f"{f} {a!r} -> {b!r}" for f, (a, b) in changes.items())
+        return (
+            {field: ["kept_while_plan_has_subscriptions"] for field in changes},
+            f"the record changes {said}: a charge of a plan with subscriptions keeps its "
+            "model, so Lago checked the new properties against the old model. Keep the "
+            "model (change only its properties), or create a plan with a new code with the "
+            "new model and move the subscriptions to it",
+        )
 
     def then(self, item: Item, outcome: str) -> None:
         """Set the entitlements the record gives, then settle the record."""

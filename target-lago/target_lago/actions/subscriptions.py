@@ -7,6 +7,10 @@ when Lago holds other values (`PUT /subscriptions/{external_id}`). A `terminated
 pending one), after the events received before it have been delivered. A pending row
 that follows another plan (a scheduled downgrade, `previous_plan_code`) is written after
 every other write, so the active subscription it follows is there first.
+
+A row with `plan_overrides`, or with the `plan` its subscription is billed on (tap-lago's
+`subscription_plans`), then gets those overrides (`PUT` with `plan_overrides`, premium)
+when the plan Lago bills it on differs (`plan_overrides.py`); a rerun sends nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from target_lago.actions import plan_overrides
+from target_lago.actions.catalog import Unmapped, shown
 from target_lago.client import LagoUnavailableError, encode
 from target_lago.mapping import (
     RecordRejected,
@@ -43,7 +49,6 @@ SUBSCRIPTION_FIELDS = frozenset(
         "billing_entity_code",
         "consolidate_invoice",
         "purchase_order_number",
-        "plan_overrides",
         "invoice_custom_section",
     }
 )
@@ -72,6 +77,7 @@ SUBSCRIPTION_READ_ONLY = frozenset(
         "activated_at",
         "activation_rules",
         "plan",
+        "plan_overrides",
         "applicable_usage_thresholds",
     }
 )
@@ -284,10 +290,7 @@ class SubscriptionsSink(OneByOneSink):
                 for rest in group[index:]:
                     self.lago.defer(self, rest)
                 return
-            if self.done(item, stored):
-                self.stats.add("already_present")
-            else:
-                self._write(item)
+            self._create(item, stored)
 
     def deliver_deferred(self, items: list[Item]) -> None:
         """Rows held behind a pending downgrade, once the run's active rows are in Lago."""
@@ -296,10 +299,76 @@ class SubscriptionsSink(OneByOneSink):
             want = _ending(item)
             if want is not None:
                 self._end(item, want)
-            elif self.done(item, self._stored(item)):
-                self.stats.add("already_present")
             else:
-                self._write(item)
+                self._create(item, self._stored(item))
+
+    def _create(self, item: Item, stored: list[dict]) -> None:
+        """Create the subscription (or see it there), then give it the plan the row names."""
+        if self.done(item, stored):
+            outcome: str | None = "already_present"
+            if not any(s.get("status") in ENDED for s in stored):
+                self.stats.add("already_present")  # history: nothing live to override
+                return
+        else:
+            outcome = self._write(item)
+        if outcome is not None and self._wants_plan(item):
+            outcome = self._override(item, outcome)
+        if outcome is not None:
+            self.stats.add(outcome)
+
+    @staticmethod
+    def _wants_plan(item: Item) -> bool:
+        return item.record.get("plan_overrides") is not None or item.record.get("plan") is not None
+
+    def _override(self, item: Item, outcome: str, absent: str | None = None) -> str | None:
+        """Send the overrides Lago does not hold yet; the outcome (None: dead-lettered).
+
+        `absent` is the outcome when Lago has no subscription in the row's state (default:
+        `outcome`; a scheduled downgrade Lago dates on its own).
+        """
+        state = _state(item)
+        current = self._find(item, state)
+        plan = (current or {}).get("plan")
+        if not isinstance(plan, Mapping):
+            return outcome if absent is None else absent
+        try:
+            want = plan_overrides.wanted(item.record)
+            body, changed = plan_overrides.pending(
+                want or {}, plan, whole_plan=item.record.get("plan_overrides") is None
+            )
+        except Unmapped as exc:
+            self.reject(item.record, None, "value_is_invalid", exc.details, f"{item.key}: {exc}",
+                        payload=item.payload)  # fmt: skip
+            return None
+        if not body:
+            return outcome
+        query = "?status=pending" if state == "pending" else ""
+        response = self.lago.client.request(
+            "PUT", f"{self._path(item)}{query}", encode({"subscription": {"plan_overrides": body}})
+        )
+        if response.ok:
+            return "delivered"
+        if response.status == 403:
+            instead = (
+                "leave the plan_overrides column out"
+                if item.record.get("plan_overrides") is not None
+                else "deselect the subscription_plans stream"
+            )
+            self.reject(
+                item.record,
+                403,
+                response.error_code,
+                {"plan_overrides": [response.error_code or "feature_unavailable"]},
+                f"{item.key}: its plan differs from plan {item.payload['plan_code']!r} in "
+                f"{', '.join(changed)}, and Lago refused the overrides (HTTP 403 "
+                f"{response.error_code}): plan overrides need a premium licence in the "
+                f"organisation written to (or {instead} to keep Lago's plan); wanted "
+                f"{shown(body)}",
+                payload=item.payload,
+            )
+        else:
+            self.reject_response(item, response, response.error_details or response.body)
+        return None
 
     def _before_its_active(self, item: Item, stored: list[dict]) -> bool:
         """Whether a row is a pending downgrade whose subscription is not live in Lago yet.
@@ -361,26 +430,26 @@ class SubscriptionsSink(OneByOneSink):
 
     # Create, change plan, update.
 
-    def _write(self, item: Item) -> None:
+    def _write(self, item: Item) -> str | None:
+        """Post the row, then update what differs; the outcome (None: dead-lettered)."""
         client = self.lago.client
         response = client.post(self.endpoint, b'{"subscription":' + item.data + b"}")
         if not response.ok:
             self.reject_response(item, response, response.error_details or response.body)
-            return
+            return None
         body = response.body if isinstance(response.body, dict) else {}
         stored = body.get("subscription") or {}
         changes = self.changes(item, stored)
         if not changes:
-            self.settle_ok(item, response)
-            return
+            return self._posted(response)
         query = "?status=pending" if stored.get("status") == "pending" else ""
         update = client.request(
             "PUT", f"{self._path(item)}{query}", encode({"subscription": changes})
         )
         if update.ok:
-            self.stats.add("delivered")
-        else:
-            self.reject_response(item, update, update.error_details or update.body)
+            return "delivered"
+        self.reject_response(item, update, update.error_details or update.body)
+        return None
 
     def changes(self, item: Item, stored: Mapping[str, Any]) -> dict:
         """The updatable fields the record gives with another value than Lago's."""
@@ -403,12 +472,14 @@ class SubscriptionsSink(OneByOneSink):
 
     def settle_ok(self, item: Item, response: LagoResponse) -> None:
         """Count a re-post that returned an older subscription as already present."""
+        self.stats.add(self._posted(response))
+
+    def _posted(self, response: LagoResponse) -> str:
         body = response.body if isinstance(response.body, dict) else {}
         created = (body.get("subscription") or {}).get("created_at")
         if self.lago.existed_before(created, response.server_time):
-            self.stats.add("already_present")
-        else:
-            self.stats.add("delivered")
+            return "already_present"
+        return "delivered"
 
     # Terminate.
 

@@ -1,0 +1,194 @@
+"""A subscription's plan overrides: what to send so its plan becomes the one wanted.
+
+Lago (premium) gives an overridden subscription a plan of its own, with its parent's code
+(`plan_overrides` on `POST` or `PUT /subscriptions`; the first creates that plan, later
+ones update it). A record asks for overrides in one of two ways:
+
+- `plan_overrides`: the request field itself (a warehouse row); charges name the charge
+  they override by `id` (the plan's or the subscription's own), or by `code` or
+  `billable_metric_code` (ids differ between organisations);
+- `plan`: the plan the subscription is billed on, as `GET /subscriptions/{external_id}`
+  shows it (tap-lago's `subscription_plans`): every overridable part of it is wanted.
+
+`pending(wanted, stored)` compares with the plan Lago bills the subscription on and gives
+the `plan_overrides` to send, or nothing when Lago already holds them: a rerun sends
+nothing. Overridable parts: name, invoice_display_name, description, amount_cents,
+amount_currency, trial_period, tax_codes, minimum_commitment and each charge's
+invoice_display_name, min_amount_cents, properties, filters and tax_codes. Fixed charges
+and usage thresholds are not compared (README "Copying an organisation").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from target_lago.actions.catalog import (
+    Unmapped,
+    as_object,
+    codes,
+    differences,
+    numeric,
+    pairs,
+    text,
+    whole,
+)
+from target_lago.actions.plans import charge_filters, commitment, match, properties
+
+PLAN_FIELDS = ("name", "invoice_display_name", "description", "amount_cents",
+               "amount_currency", "trial_period")  # fmt: skip
+CHARGE_FIELDS = ("invoice_display_name", "min_amount_cents", "properties", "filters",
+                 "tax_codes")  # fmt: skip
+
+
+def from_plan(plan: Mapping[str, Any]) -> dict:
+    """The `plan_overrides` that make a subscription's plan equal `plan` (as Lago shows it)."""
+    out: dict[str, Any] = {k: plan[k] for k in PLAN_FIELDS if k in plan}
+    out["tax_codes"] = codes(plan, "tax_codes", "taxes") or []
+    held = plan.get("minimum_commitment")
+    out["minimum_commitment"] = (
+        commitment(held, "plan.minimum_commitment") if isinstance(held, Mapping) else {}
+    )
+    out["charges"] = [
+        {
+            "code": c.get("code"),
+            "billable_metric_code": c.get("billable_metric_code"),
+            **{k: c[k] for k in CHARGE_FIELDS if k in c},
+            "tax_codes": codes(c, "tax_codes", "taxes") or [],
+        }
+        for c in plan.get("charges") or []
+        if isinstance(c, Mapping)
+    ]
+    return out
+
+
+def wanted(record: Mapping[str, Any]) -> dict | None:
+    """The overrides a record asks for (None: it asks for none).
+
+    Raises:
+        Unmapped: When `plan_overrides` or `plan` is not an object.
+    """
+    given = as_object(record.get("plan_overrides"), "plan_overrides")
+    if given is not None:
+        if not isinstance(given, Mapping):
+            raise Unmapped("plan_overrides", f"'plan_overrides' must be an object, got {given!r}")
+        return dict(given)
+    plan = as_object(record.get("plan"), "plan")
+    if plan is None:
+        return None
+    if not isinstance(plan, Mapping):
+        raise Unmapped("plan", f"'plan' must be an object, got {plan!r}")
+    return from_plan(plan)
+
+
+def _plan_part(key: str, value: Any) -> Any:
+    if key in ("invoice_display_name", "description"):
+        return text(value)
+    if key == "amount_cents":
+        return whole(value, key)
+    if key == "trial_period":
+        return numeric(value or 0, key)
+    return value
+
+
+def _charge_part(key: str, value: Any, field: str) -> Any:
+    if key == "invoice_display_name":
+        return text(value)
+    if key == "min_amount_cents":
+        return whole(value or 0, field)
+    if key == "properties":
+        return properties(value, field)
+    if key == "filters":
+        return charge_filters(as_object(value, field), field)
+    return value
+
+
+def _stored_charge(stored: Mapping[str, Any]) -> dict:
+    return {
+        **{k: stored.get(k) for k in CHARGE_FIELDS if k != "tax_codes"},
+        "tax_codes": codes(stored, "tax_codes", "taxes") or [],
+    }
+
+
+def pending(
+    want: Mapping[str, Any], stored: Mapping[str, Any], *, whole_plan: bool = False
+) -> tuple[dict, list[str]]:
+    """The `plan_overrides` to send and the fields that differ (nothing: Lago holds them).
+
+    Charges are matched to the ones of the plan Lago bills the subscription on: by `id`
+    (its own or its parent's), else by `code`, else the n-th on the same metric. When
+    anything differs, every wanted part is sent, charges with their ids in Lago. With
+    `whole_plan` (a `plan` wanted whole) a charge Lago holds and `want` lacks differs too.
+
+    Raises:
+        Unmapped: When a charge names no charge of the plan, or a value cannot be read.
+    """
+    changed: list[str] = []
+    body: dict[str, Any] = {}
+    for key in PLAN_FIELDS:
+        if key in want:
+            body[key] = want[key]
+            if pairs(_plan_part(key, want[key])) != pairs(_plan_part(key, stored.get(key))):
+                changed.append(key)
+    if "tax_codes" in want:
+        body["tax_codes"] = list(want["tax_codes"] or [])
+        changed += differences(
+            {"tax_codes": body["tax_codes"]},
+            {"tax_codes": codes(stored, "tax_codes", "taxes") or []},
+        )
+    if "minimum_commitment" in want:
+        mine = commitment(want["minimum_commitment"], "plan_overrides.minimum_commitment")
+        held = stored.get("minimum_commitment")
+        theirs = commitment(held, "minimum_commitment") if isinstance(held, Mapping) else {}
+        if mine:
+            body["minimum_commitment"] = mine
+        if pairs(mine) != pairs(theirs):
+            changed.append("minimum_commitment")
+    if want.get("charges") is not None:
+        charges, charge_changes = _charges(
+            want["charges"], stored.get("charges") or [], whole_plan=whole_plan
+        )
+        body["charges"] = charges
+        changed += charge_changes
+    return (body if changed else {}), changed
+
+
+def _charges(given: Any, held: list[Any], *, whole_plan: bool) -> tuple[list[dict], list[str]]:
+    if not isinstance(given, list) or not all(isinstance(c, Mapping) for c in given):
+        raise Unmapped("plan_overrides.charges", "'plan_overrides.charges' must be a list")
+    held = [c for c in held if isinstance(c, Mapping)]
+    by_id = {}
+    for c in held:
+        by_id[c.get("lago_id")] = c
+        if c.get("lago_parent_id"):
+            by_id[c["lago_parent_id"]] = c
+    unnamed = [c for c in given if not c.get("id")]
+    keyed = [{**c, "billable_metric_code": str(c.get("billable_metric_code"))} for c in unnamed]
+    ids = iter(match(keyed, held, "billable_metric_code"))
+    out, changed = [], []
+    for index, c in enumerate(given):
+        field = f"plan_overrides.charges[{index}]"
+        found = by_id.get(c["id"]) if c.get("id") else None
+        if not c.get("id"):
+            lago_id = next(ids)
+            found = next((h for h in held if h.get("lago_id") == lago_id), None)
+        if found is None:
+            name = c.get("id") or c.get("code") or c.get("billable_metric_code")
+            raise Unmapped(
+                field,
+                f"'{field}' names charge {name!r}, which the subscription's plan does not "
+                "have (name it by id, code or billable_metric_code of a charge of the plan)",
+            )
+        sent = {"id": found.get("lago_id")}
+        mine, theirs = {}, _stored_charge(found)
+        for key in CHARGE_FIELDS:
+            if key in c:
+                sent[key] = c[key]
+                mine[key] = _charge_part(key, c[key], f"{field}.{key}")
+                theirs[key] = _charge_part(key, theirs.get(key), f"{field}.{key}")
+        if differences(mine, theirs):
+            changed.append(f"charges[{index}]")
+        out.append(sent)
+    if whole_plan and len({s["id"] for s in out}) != len(held):
+        changed.append("charges")  # a charge to remove, or two rows on one charge
+    return out, changed
