@@ -17,6 +17,12 @@ changed before that decision.
 A change to what the SDK path does per event record (`LagoSink.process_record`,
 `event_payload`, `EventsSink.admit`) must be made here too: the tests that send the same
 input both ways compare requests, stored events, dead letters, STATE and counts.
+
+Private SDK names it relies on (singer-sdk ~=0.54): `Target._sinks_active`,
+`Target._process_record_message` (only compared, to refuse a target that overrides it),
+`Target._handle_max_record_age`, `Sink._validator`, `BatchSink._get_context` (its list
+is kept until the next drain: every drain goes through `_Plan.flush` or follows it),
+`SingerReader._current_message` and `SingerReader._process_unknown_message`.
 """
 
 from __future__ import annotations
