@@ -17,6 +17,12 @@ changed before that decision.
 A change to what the SDK path does per event record (`LagoSink.process_record`,
 `event_payload`, `EventsSink.admit`) must be made here too: the tests that send the same
 input both ways compare requests, stored events, dead letters, STATE and counts.
+
+Private SDK names it relies on (singer-sdk ~=0.54): `Target._sinks_active`,
+`Target._process_record_message` (only compared, to refuse a target that overrides it),
+`Target._handle_max_record_age`, `Sink._validator`, `BatchSink._get_context` (its list
+is kept until the next drain: every drain goes through `_Plan.flush` or follows it),
+`SingerReader._current_message` and `SingerReader._process_unknown_message`.
 """
 
 from __future__ import annotations
@@ -35,9 +41,8 @@ from singer_sdk import Target
 from singer_sdk.mapper import SameRecordTransform
 
 from target_lago.actions.events import _NOT_PROPERTIES, EventsSink, in_partition, key_text
-from target_lago.client import encode
 from target_lago.mapping import _MAX_EPOCH_SECONDS as MAX_EPOCH_SECONDS
-from target_lago.mapping import _has_surrogate, decimal_text, to_epoch
+from target_lago.mapping import _has_surrogate, decimal_text, json_default, to_epoch
 from target_lago.sinks import Item
 from target_lago.validation import RecordValidator
 
@@ -98,23 +103,29 @@ def _plain_key(key: t.Any) -> bool:
     return type(key) is str and "\x00" not in key and (key.isascii() or not _has_surrogate(key))
 
 
-_MINUTE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}\Z", re.ASCII)
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}T\Z", re.ASCII)
 _FRACTION = re.compile(r"(?:\.(\d{3}|\d{6}))?(?:Z|\+00:00)?\Z", re.ASCII)
 #: Entries each timestamp memory keeps before it starts afresh.
 MEMORY = 100_000
+#: Seconds since midnight of every `HH:MM`, and of every `:SS` in a minute.
+_CLOCK = {
+    f"{hour:02d}:{minute:02d}": 3600 * hour + 60 * minute
+    for hour in range(24)
+    for minute in range(60)
+}
+_SECONDS = {f":{second:02d}": second for second in range(60)}
 
 
 class Timestamps:
     """`mapping.to_epoch` of UTC ISO-8601 texts, read by parts a run meets again and again.
 
-    `YYYY-MM-DDTHH:MM` is read once per minute (by `to_epoch` itself), `:SS` is one of
-    60, and a fraction with its zone (`.fffZ`) once per value; an event adds them up.
-    Texts of other forms go to `to_epoch`.
+    `YYYY-MM-DDT` is read once per day (by `to_epoch` itself), `HH:MM` is one of 1,440
+    and `:SS` one of 60, and a fraction with its zone (`.fffZ`) is read once per value;
+    an event adds them up. Texts of other forms go to `to_epoch`.
     """
 
     def __init__(self) -> None:
-        self.minutes: dict[str, int] = {}
-        self.seconds = {f":{second:02d}": second for second in range(60)}
+        self.days: dict[str, int] = {}
         self.fractions: dict[str, str] = {}
 
     def epoch(self, text: str) -> int | str:
@@ -123,39 +134,44 @@ class Timestamps:
         Raises:
             ValueError: As `to_epoch` does.
         """
-        minute = self.minutes.get(text[:16])
-        second = self.seconds.get(text[16:19])
+        clock = _CLOCK.get(text[11:16])
+        second = _SECONDS.get(text[16:19])
+        if clock is None or second is None:
+            return to_epoch(text)
+        day = self.days.get(text[:11])
         fraction = self.fractions.get(text[19:])
-        if minute is None or second is None or fraction is None:
-            if second is None or not self.learn(text):
+        if day is None or fraction is None:
+            if not self.learn(text):
                 return to_epoch(text)
-            minute = self.minutes[text[:16]]
+            day = self.days[text[:11]]
             fraction = self.fractions[text[19:]]
-        total = minute + second
+        total = day + clock + second
         return f"{total}{fraction}" if fraction else total
 
     def learn(self, text: str) -> bool:
-        """Remember the minute and the fraction of a text; False when it has another form."""
-        head, tail = text[:16], text[19:]
+        """Remember the day and the fraction of a text; False when it has another form."""
+        head, tail = text[:11], text[19:]
         found = _FRACTION.match(tail)
-        if found is None or not _MINUTE.match(head):
+        if found is None or not _DAY.match(head):
             return False
         try:
-            minute = to_epoch(f"{head}:00Z")
+            day = to_epoch(f"{head}00:00:00Z")
         except ValueError:
             return False
-        if not isinstance(minute, int) or minute + 60 > MAX_EPOCH_SECONDS:
+        if not isinstance(day, int) or day + 86_400 > MAX_EPOCH_SECONDS:
             return False
-        for memory in (self.minutes, self.fractions):
+        for memory in (self.days, self.fractions):
             if len(memory) >= MEMORY:
                 memory.clear()
         micro = int((found.group(1) or "0").ljust(6, "0"))
-        self.minutes[head] = minute
+        self.days[head] = day
         self.fractions[tail] = "." + f"{micro:06d}".rstrip("0") if micro else ""
         return True
 
 
 _NONE = type(None)
+#: `client.encode`, for the reading thread only.
+_encode = msgspec.json.Encoder(enc_hook=json_default, order="sorted").encode
 #: Values of a jsonschema-judged column left to the SDK path (a `Decimal` there).
 _UNJUDGED = frozenset({float, dict, list})
 #: Kinds of values a property may have to be sent as they are (text is checked apart).
@@ -207,7 +223,8 @@ class _Plan:
         self.times = Timestamps()
         self.limit = sink.max_size
         self.share = target.partition
-        self.seen = sink._seen
+        self.check = sink._seen.check
+        self.queued: list[Item] | None = None  # the pending batch's records
         self.received = 0
         self.elsewhere = 0  # events of other shares since the last flush
         self.age = 0
@@ -287,7 +304,7 @@ class _Plan:
             shape = self.shape(keys, types)
         if shape is None:
             return False
-        payload = self.payload(record, shape)  # type: ignore[arg-type]
+        payload = self.payload(record, shape)
         if payload is None:
             return False
         sink = self.sink
@@ -297,24 +314,30 @@ class _Plan:
             sink.tally_record_read()
         else:
             try:
-                data = encode(payload)
+                data = _encode(payload)
             except (ValueError, TypeError, OverflowError, msgspec.EncodeError):
                 return False  # the SDK path words the rejection
             # From here on the record is taken: counted, and queued or rejected.
             self.received += 1
             sink.tally_record_read()
             tid = payload["transaction_id"]
-            item = Item(record, payload, f"event {tid!r}", data)
-            conflict, earlier = self.seen.check(
+            # A derived id ("tl-" and hex digits) is its own repr between quotes.
+            key = f"event '{tid}'" if shape.given is None else f"event {tid!r}"
+            item = Item(record, payload, key, data)
+            conflict, earlier = self.check(
                 hash((payload["external_subscription_id"], tid)), hash(data), data
             )
             if conflict:
                 sink.reject_duplicate(item, earlier)
             else:
-                sink._get_context(record).setdefault("records", []).append(item)
+                queued = self.queued
+                if queued is None:  # the batch's list, until the next drain
+                    queued = self.queued = sink._get_context(record).setdefault("records", [])
+                queued.append(item)
         self.age += 1
         if self.age >= AGE_CHECK_EVERY:
             self.age = 0
+            self.queued = None  # the check may drain every sink
             self.target._handle_max_record_age()
         if sink.current_size >= self.limit:
             self.flush()
@@ -327,7 +350,12 @@ class _Plan:
         return True
 
     def flush(self) -> None:
-        """Add the records taken since the last flush to the stream's counts."""
+        """Add the records taken since the last flush to the stream's counts.
+
+        Called before anything else may drain the sink, so the batch's list is forgotten
+        too.
+        """
+        self.queued = None
         if self.received:
             self.sink.stats.add("received", self.received)
             self.sink.record_counter_metric.increment(self.received)
@@ -427,7 +455,7 @@ class _Plan:
         return "tl-" + _sha256(text.encode("utf-8")).hexdigest()[:40]
 
 
-_UNKNOWN = object()
+_UNKNOWN: t.Any = object()
 _ELSEWHERE: dict = {}  # `payload`'s answer for an event of another share
 #: Record shapes a plan remembers before it starts afresh.
 SHAPES = 1_000
