@@ -148,6 +148,28 @@ def test_subscriptions_repost_skip_and_reject(lago: Sandbox, config: dict, plan:
     assert by_external_id(after, "sub_1")[0]["lago_id"] == main["lago_id"]
 
 
+def test_a_replay_right_after_the_first_run_is_already_present(
+    lago: Sandbox, config: dict, plan: dict
+) -> None:
+    # Seconds after its creation: the subscription Lago listed before the post is the one
+    # the post answers, so no clock decides.
+    future = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=20)).strftime("%Y-%m-%d")
+    rows = [
+        {"external_id": "sub_now", "external_customer_id": "acme", "plan_code": plan["code"]},
+        {"external_id": "sub_soon", "external_customer_id": "acme", "plan_code": plan["code"],
+         "subscription_at": future},
+    ]  # fmt: skip
+    assert run_target(config, subscriptions_messages(*rows)).counts["subscriptions"][
+        "delivered"
+    ] == 2
+    before = lago.dump()["subscriptions"]
+    again = run_target(config, subscriptions_messages(*rows))
+    assert again.error is None
+    assert again.counts["subscriptions"]["already_present"] == 2
+    assert again.counts["subscriptions"]["delivered"] == 0
+    assert lago.dump()["subscriptions"] == before
+
+
 def test_customers_then_subscriptions_then_events(
     lago: Sandbox, config: dict, plan: dict, metric_code: str
 ) -> None:

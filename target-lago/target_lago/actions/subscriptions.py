@@ -310,7 +310,7 @@ class SubscriptionsSink(OneByOneSink):
                 self.stats.add("already_present")  # history: nothing live to override
                 return
         else:
-            outcome = self._write(item)
+            outcome = self._write(item, stored)
         if outcome is not None and self._wants_plan(item):
             outcome = self._override(item, outcome)
         if outcome is not None:
@@ -430,8 +430,12 @@ class SubscriptionsSink(OneByOneSink):
 
     # Create, change plan, update.
 
-    def _write(self, item: Item) -> str | None:
-        """Post the row, then update what differs; the outcome (None: dead-lettered)."""
+    def _write(self, item: Item, before: list[dict]) -> str | None:
+        """Post the row, then update what differs; the outcome (None: dead-lettered).
+
+        `before` is what Lago listed for the row just before: a post that answers one of
+        those subscriptions unchanged is already present, whatever the clocks say.
+        """
         client = self.lago.client
         response = client.post(self.endpoint, b'{"subscription":' + item.data + b"}")
         if not response.ok:
@@ -441,6 +445,8 @@ class SubscriptionsSink(OneByOneSink):
         stored = body.get("subscription") or {}
         changes = self.changes(item, stored)
         if not changes:
+            if stored.get("lago_id") and stored["lago_id"] in {s.get("lago_id") for s in before}:
+                return "already_present"
             return self._posted(response)
         query = "?status=pending" if stored.get("status") == "pending" else ""
         update = client.request(
