@@ -4,6 +4,12 @@ Run from the repository root::
 
     python -m benchmarks.tap_bench            # 1,000,000 events (about 15 minutes)
     python -m benchmarks.tap_bench --quick    # 20,000 events (smoke run, about 3 minutes)
+    python -m benchmarks.tap_bench --only cloud-others --only cpu   # some sections alone
+
+Sections run alone (``--only``, repeatable) print their own short table and skip the rest:
+``cpu`` is the events stream at 0 ms (page_size 100 and 1000) with the tap's CPU time per
+record; ``cloud-others`` is every other stream under Lago Cloud's profile (budget
+utilisation and 429s). Without ``--only`` everything below runs.
 
 What it runs (every plugin run is a child process; its output goes to a pipe where the
 benchmark counts RECORD lines per stream; the sandbox is another process):
@@ -168,7 +174,7 @@ class Job:
     """
 
     streams: list[str]
-    pace: float | None = 0.0
+    pace: int | None = 0
     max_concurrency: int | None = None
     start_date: str | None = None
     end_date: str | None = None
@@ -1150,6 +1156,76 @@ def _ratio_rows(
     return rows
 
 
+#: Sections that can be run alone (``--only``).
+SECTIONS = ("cpu", "cloud-others")
+
+
+def run_sections(options: Options, sections: tuple[str, ...], out: Any = None) -> dict[str, Any]:
+    """Run only ``sections`` (see :data:`SECTIONS`) and print their figures."""
+    out = out or sys.stdout
+    report: dict[str, Any] = {}
+    done = _done(report, out)
+    rows: list[list[Any]] = []
+    with tempfile.TemporaryDirectory(prefix="tap-bench-") as tmp:
+        bench = Bench(Path(tmp))
+        events = options.events if "cpu" in sections else 1
+        with start_sandbox(customers=options.customers, events=events) as sb:
+            bench.measure_start(sb)
+            rows.append(
+                [
+                    "start (no stream selected)",
+                    round(bench.start_seconds, 2),
+                    "",
+                    round(bench.start_cpu_seconds, 2),
+                    "",
+                    "",
+                ]
+            )
+            if "cpu" in sections:
+                expected = expected_counts(sb, ["events"])
+                for key, page_size in (("tap0", None), ("tap0_pages1000", 1000)):
+                    job = Job(["events"], max_concurrency=options.concurrency, page_size=page_size)
+                    label = f"tap events @0ms, page_size {page_size or PAGE_SIZE}"
+                    done(key, measure_tap(bench, sb, label, job, expected, note="all"))
+                    m = report[key]
+                    rows.append(
+                        [m.label, round(m.sync_seconds, 2), "", round(m.cpu_seconds, 2),
+                         round(ratio(m.records, m.cpu_seconds)), "records per CPU-second"]
+                    )  # fmt: skip
+            if "cloud-others" in sections:
+                others = expected_counts(sb, OTHER_STREAMS)
+                fewest = fewest_requests(sb, others)
+                sb.configure(rate_limits="cloud")
+                sb.set_faults(
+                    [{"fault": "latency", "delay_ms": CLOUD_LATENCY_MS, "path": "/api/v1/"}]
+                )
+                try:
+                    job = Job(OTHER_STREAMS, pace=None)
+                    done(
+                        "cloud_others",
+                        measure_tap(
+                            bench, sb, "tap others, Cloud", job, others, note="", log_requests=True
+                        ),
+                    )
+                finally:
+                    sb.set_faults([])
+                    sb.configure(rate_limits=None)
+                m = report["cloud_others"]
+                use = ratio(budget_seconds(fewest), m.sync_seconds)
+                rows.append(
+                    [m.label, round(m.sync_seconds, 2), f"{m.requests} ({m.rate_limited} 429s)",
+                     round(m.cpu_seconds, 2), round(use, 2),
+                     f"budget utilisation (fewest: {budget_seconds(fewest):.2f} s)"]
+                )  # fmt: skip
+    print_table(
+        "Sections run alone",
+        ["run", "sync s", "requests", "CPU s", "figure", "what"],
+        rows,
+        file=out,
+    )
+    return report
+
+
 def _ok(flag: bool) -> str:
     return "met" if flag else "NOT met"
 
@@ -1166,6 +1242,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slice", type=int, help="events of the one-at-a-time 50 ms slice")
     parser.add_argument("--cloud-events", type=int, help="events of the Cloud runs (200,000)")
     parser.add_argument("--concurrency", type=int, default=16, help="max_concurrency (16)")
+    parser.add_argument(
+        "--only", choices=SECTIONS, action="append", help="run this section alone (repeatable)"
+    )
     args = parser.parse_args(argv)
     if args.command == "floor":
         floor_main(args.url, args.streams.split(","))
@@ -1179,7 +1258,10 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=args.concurrency,
         cloud_events=args.cloud_events or min(200_000, events),
     )
-    run(options)
+    if args.only:
+        run_sections(options, tuple(args.only))
+    else:
+        run(options)
     return 0
 
 

@@ -16,7 +16,13 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 from singer_sdk.exceptions import RetriableAPIError
-from singer_sdk.singerlib import RecordMessage
+from singer_sdk.singerlib import (
+    ActivateVersionMessage,
+    Message,
+    RecordMessage,
+    SchemaMessage,
+    StateMessage,
+)
 from singer_sdk.singerlib.encoding import SimpleSingerWriter
 from tap_lago import client, paging
 from tap_lago.date_windows import DateWindow
@@ -433,6 +439,30 @@ def test_record_lines_match_the_sdk_writer(record: dict[str, Any]) -> None:
     )
     if sdk.encode().decode("unicode_escape") == sdk:  # nothing escaped: byte for byte
         assert ours == sdk
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        SchemaMessage(
+            stream="customer_usage",
+            schema={"type": "object", "properties": {"a": {"type": ["null", "string"]}}},
+            key_properties=["a"],
+        ),
+        StateMessage(value={"bookmarks": {"fees": {"replication_key_value": None}}}),
+        ActivateVersionMessage(stream="plans", version=1764000000),
+        RecordMessage(stream="taxes", record={"a": None}, version=3),
+    ],
+    ids=operator.attrgetter("type"),
+)
+def test_other_lines_match_the_sdk_writer_byte_for_byte(message: Message) -> None:
+    """SCHEMA, STATE and ACTIVATE_VERSION lines (written without the SDK's deep copy) are
+    the SDK writer's, byte for byte, and leave the message as it was."""
+    before = message.to_dict()
+    assert LagoMessageWriter().serialize_message(message) == (
+        SimpleSingerWriter().serialize_message(message)
+    )
+    assert message.to_dict() == before
 
 
 def test_records_off_their_schema_still_get_the_sdk_conformance(
