@@ -17,6 +17,7 @@ import typing as t
 from concurrent.futures import Future, ThreadPoolExecutor
 from urllib.parse import quote
 
+from singer_sdk.exceptions import FatalAPIError
 from singer_sdk.pagination import BaseAPIPaginator, SinglePagePaginator
 from singer_sdk.streams.rest import PageContext
 
@@ -77,6 +78,9 @@ class PagingStream(TransportStream):
     paginated = True
     #: Whether pages may be fetched ahead concurrently (``max_concurrency``).
     page_ahead = True
+    #: Whether the first page of this (top-level) stream may be fetched before its turn,
+    #: while earlier streams sync (see :meth:`first_request_ahead`).
+    first_page_ahead = True
 
     _prefetched: dict[str, Future[t.Any]] | None = None
     _prefetch_pool: ThreadPoolExecutor | None = None
@@ -174,14 +178,20 @@ class PagingStream(TransportStream):
     ) -> requests.Response:
         """The prefetched response for this request if there is one, else one attempt.
 
-        A prefetched request that failed in any way is simply asked again here, so retries
-        and errors are exactly those of a request made now.
+        A prefetched request refused for good (:class:`FatalAPIError`: no licence, a bad
+        key, a parent gone, ...) raises its error here, as the request made now would; one
+        that failed otherwise (retries exhausted, a dropped connection) is asked again, so
+        retries and errors are exactly those of a request made now.
         """
         if self._prefetched:
             future = self._prefetched.pop(str(prepared_request.url), None)
             if future is not None:
-                with contextlib.suppress(Exception):  # a failed one is asked again below
+                try:
                     return t.cast("requests.Response", future.result())
+                except FatalAPIError:
+                    raise
+                except Exception:
+                    pass
         return self._send(prepared_request, context)
 
     def _request_pages(self, context: Context | None) -> Generator[dict[str, t.Any], None, None]:
@@ -256,10 +266,18 @@ class PagingStream(TransportStream):
             response_body(response)  # parsed in the worker, off the emitting thread
             return response
 
+        # A page's children (e.g. usage per subscription) keep its emitting slow: the next
+        # page is asked for before the page is emitted, and its children's first requests
+        # are started as soon as it arrives, so they follow the page's own without a gap.
+        parent = self.parent_stream_type is None and self._children_to_prefetch()
+
         def fetch_ahead(prepared: requests.PreparedRequest) -> requests.Response:
             if abort.is_set():
                 raise _Abandoned
-            return fetch(prepared, send_ahead)
+            response = fetch(prepared, send_ahead)
+            if parent:
+                self._start_children(response)
+            return response
 
         with self.get_http_request_counter() as counter:
             counter.with_context(context)
@@ -295,6 +313,13 @@ class PagingStream(TransportStream):
                     records = self.parse_response(response)
                     if not records:
                         break
+                    following = response_meta(response).get("next_page")
+                    if parent and not pending and following == page + 1:
+                        if pool is None:
+                            pool = ThreadPoolExecutor(workers, f"tap-lago-{self.name}")
+                        upcoming = self.prepare_page(context, page + 1)
+                        pending.append((page + 1, upcoming, pool.submit(fetch_ahead, upcoming)))
+                        next_to_request = page + 2
                     yield from records
                     paginator.advance(response)
                     if paginator.finished:
@@ -396,24 +421,85 @@ class PagingStream(TransportStream):
         """Start this (child) stream's first request for ``context`` in the background."""
         if self.unavailable is not None:
             return
-        prepared = self.prepare_page(context, 1)
+        if self._prefetch_pool is None:
+            self._prefetch_pool = ThreadPoolExecutor(self.max_concurrency, f"tap-lago-{self.name}")
+        self._prefetch(self.prepare_page(context, 1), context, self._prefetch_pool)
+
+    def first_request_ahead(self) -> requests.PreparedRequest | None:
+        """This top-level stream's first request, if it may be sent before the stream's turn.
+
+        The request its sync will make first, as far as can be told now; the sync takes the
+        response only for the very same URL (a wrong guess costs a request, nothing else).
+        None for a child stream, a stream refused earlier in the run, or one whose first
+        request cannot be told before its turn (``first_page_ahead`` False).
+        """
+        if self.parent_stream_type is not None:
+            return None
+        if self.unavailable is not None or not self.first_page_ahead:
+            return None
+        return self.prepare_page(None, 1 if self.paginated else None)
+
+    def prefetch_first_page(self, pool: ThreadPoolExecutor) -> bool:
+        """Start this stream's first request in ``pool``, for its sync to take; False if not.
+
+        The response waits (one page) until the stream's turn: :meth:`_attempt` hands it
+        over, or its error, exactly as the request made then. The stream drops it if it
+        never asks for it.
+        """
+        if self._prefetched:
+            return False  # already started
+        prepared = self.first_request_ahead()
+        if prepared is None:
+            return False
+        self._prefetch(prepared, None, pool)
+        return True
+
+    def _prefetch(
+        self, prepared: requests.PreparedRequest, context: Context | None, pool: ThreadPoolExecutor
+    ) -> None:
+        """Send ``prepared`` in ``pool`` (retried, paced, parsed) for :meth:`_attempt`."""
         url = str(prepared.url)
         if self._prefetched is None:
             self._prefetched = {}
         if url in self._prefetched:
             return
-        if self._prefetch_pool is None:
-            self._prefetch_pool = ThreadPoolExecutor(self.max_concurrency, f"tap-lago-{self.name}")
         send = self.request_decorator(self._send)
         gate = self.rate_limit_gate
+
+        children = context is None and self._children_to_prefetch()
 
         def fetch() -> requests.Response:
             gate.wait()
             response = send(prepared, context)
             response_body(response)
+            if children:
+                self._start_children(response)
             return response
 
-        self._prefetched[url] = self._prefetch_pool.submit(fetch)
+        self._prefetched[url] = pool.submit(fetch)
+
+    def _children_to_prefetch(self) -> bool:
+        """Whether this stream starts child requests for its pages (selected children)."""
+        return self.max_concurrency > 1 and any(
+            child.selected or child.has_selected_descendents for child in self.child_streams
+        )
+
+    def _start_children(self, response: requests.Response) -> None:
+        """Start the children's first requests for a page read ahead (on its worker).
+
+        The emitting thread asks again when it parses the page (started ones are kept);
+        a page that cannot be read here is left to it, with its errors.
+        """
+        body = response_body(response)
+        records = body.get(self.records_key or self.name) if isinstance(body, dict) else None
+        if isinstance(records, list) and records:
+            with contextlib.suppress(Exception):
+                self._prefetch_children(records)
+
+    @property
+    def prefetching(self) -> bool:
+        """Whether requests of this stream were started ahead and not taken yet."""
+        return bool(self._prefetched)
 
     def drop_prefetched(self) -> None:
         """Forget prefetched requests no child sync took (e.g. filtered parents)."""

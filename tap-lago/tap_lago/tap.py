@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import typing as t
+from concurrent.futures import ThreadPoolExecutor
 
 from requests.adapters import HTTPAdapter
 from singer_sdk import Tap
@@ -13,7 +14,7 @@ from singer_sdk.helpers.capabilities import PluginCapabilities, TapCapabilities
 
 from tap_lago.extra_streams import extra_stream_class, parse_extra_streams
 from tap_lago.pacing import Pacer
-from tap_lago.paging import MAX_CONCURRENCY
+from tap_lago.paging import MAX_CONCURRENCY, PagingStream
 from tap_lago.preflight import (
     config_errors,
     config_warnings,
@@ -298,6 +299,37 @@ class TapLago(Tap):
             self._connection_checked = True
             t.cast("LagoStream", self.streams[CONNECTION_CHECK_STREAM]).check_connection()
 
+    def fetch_first_pages_ahead(self, current: Stream) -> None:
+        """As a top-level stream starts: the first pages of it and of the streams after it.
+
+        Most streams are a page or two: read one after the other, each would wait a round
+        trip for its first page while the pace allows more. So up to ``max_concurrency``
+        first pages of the streams to sync next (in sync order, from ``current`` on) are in
+        flight or waiting, under the same pace; each stream takes its own when its turn
+        comes (records, order and state as without). Streams whose first request depends
+        on their bookmark are left out (:meth:`PagingStream.first_request_ahead`).
+        """
+        limit = max(1, int(self.config.get("max_concurrency", MAX_CONCURRENCY)))
+        if limit == 1:
+            return
+        streams = list(self.streams.values())
+        waiting = 0
+        for stream in streams[streams.index(current) :] if current in streams else ():
+            if waiting >= limit:
+                return
+            if not isinstance(stream, PagingStream) or stream.parent_stream_type is not None:
+                continue
+            if not (stream.selected or stream.has_selected_descendents):
+                continue
+            if stream.prefetching or stream.prefetch_first_page(self.first_pages_pool):
+                waiting += 1
+
+    @functools.cached_property
+    def first_pages_pool(self) -> ThreadPoolExecutor:
+        """The threads that fetch streams' first pages ahead (``max_concurrency``)."""
+        size = max(1, int(self.config.get("max_concurrency", MAX_CONCURRENCY)))
+        return ThreadPoolExecutor(size, "tap-lago-first-pages")
+
     @functools.cached_property
     def progress(self) -> Progress:
         """Progress lines and the closing table of every stream."""
@@ -307,10 +339,11 @@ class TapLago(Tap):
     def http_session(self) -> LagoSession:
         """One session for every stream, its pool sized for every thread that may send.
 
-        A list's page-ahead pool and a child stream's prefetch pool each run up to
-        ``max_concurrency`` requests, besides the emitting thread.
+        A list's page-ahead pool, a child stream's prefetch pool and the first pages
+        fetched ahead each run up to ``max_concurrency`` requests, besides the emitting
+        thread.
         """
-        size = 2 * max(1, int(self.config.get("max_concurrency", MAX_CONCURRENCY))) + 2
+        size = 3 * max(1, int(self.config.get("max_concurrency", MAX_CONCURRENCY))) + 2
         session = LagoSession()
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=size, pool_block=False)
         session.mount("https://", adapter)
