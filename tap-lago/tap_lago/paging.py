@@ -66,6 +66,20 @@ class LagoPaginator(BaseAPIPaginator[int]):
         return int(next_page) if next_page else None
 
 
+class LeadPages:
+    """Pages of the streams to sync next, fetched before their turn.
+
+    At most ``limit`` wait (requested and not yet taken), on ``limit`` threads of their own.
+    """
+
+    def __init__(self, limit: int) -> None:
+        """Nothing waiting yet."""
+        self.limit = limit
+        self.pool = ThreadPoolExecutor(limit, "tap-lago-ahead")
+        self.lock = threading.Lock()
+        self.waiting = 0
+
+
 class _Abandoned(Exception):
     """A page fetch given up because its walk ended first (not retried)."""
 
@@ -88,10 +102,20 @@ class PagingStream(TransportStream):
     page_size_setting = "page_size"
     default_page_size = PAGE_SIZE
     #: Whether the first page of this (top-level) stream may be fetched before its turn,
-    #: while earlier streams sync (see :meth:`first_request_ahead`).
+    #: while earlier streams sync (see :meth:`request_ahead`).
     first_page_ahead = True
 
     _prefetched: dict[str, Future[t.Any]] | None = None
+    #: Pages fetched ahead of this stream's turn, counted in ``_lead`` until taken.
+    _lead: LeadPages | None = None
+    _lead_urls: set[str] | None = None
+    #: Whether this stream's own sync began (nothing more is then fetched ahead for it).
+    _turn = False
+    #: The highest page fetched ahead of the turn, and the last page the list has.
+    _lead_high = 0
+    _lead_last = 0
+    #: Whether the walk may end before the last page (then no page is read ahead of turn).
+    stops_early = False
     _prefetch_pool: ThreadPoolExecutor | None = None
     #: Pages requested ahead when the stream's previous list (e.g. event window) ended.
     _ahead_before = 0
@@ -195,8 +219,10 @@ class PagingStream(TransportStream):
         retries and errors are exactly those of a request made now.
         """
         if self._prefetched:
-            future = self._prefetched.pop(str(prepared_request.url), None)
+            url = str(prepared_request.url)
+            future = self._prefetched.pop(url, None)
             if future is not None:
+                self._taken(url)
                 try:
                     return t.cast("requests.Response", future.result())
                 except FatalAPIError:
@@ -436,10 +462,10 @@ class PagingStream(TransportStream):
             self._prefetch_pool = ThreadPoolExecutor(self.max_concurrency, f"tap-lago-{self.name}")
         self._prefetch(self.prepare_page(context, 1), context, self._prefetch_pool)
 
-    def first_request_ahead(self) -> requests.PreparedRequest | None:
-        """This top-level stream's first request, if it may be sent before the stream's turn.
+    def request_ahead(self, page: int | None) -> requests.PreparedRequest | None:
+        """This top-level stream's request of ``page``, if it may be sent before its turn.
 
-        The request its sync will make first, as far as can be told now; the sync takes the
+        The request its sync will make, as far as can be told now; the sync takes the
         response only for the very same URL (a wrong guess costs a request, nothing else).
         None for a child stream, a stream refused earlier in the run, or one whose first
         request cannot be told before its turn (``first_page_ahead`` False).
@@ -448,27 +474,100 @@ class PagingStream(TransportStream):
             return None
         if self.unavailable is not None or not self.first_page_ahead:
             return None
-        return self.prepare_page(None, 1 if self.paginated else None)
+        return self.prepare_page(None, page if self.paginated else None)
 
-    def prefetch_first_page(self, pool: ThreadPoolExecutor) -> bool:
-        """Start this stream's first request in ``pool``, for its sync to take; False if not.
+    def lead_pages(self, lead: LeadPages) -> None:
+        """Fetch pages of this stream before its turn, while ``lead`` allows.
 
-        The response waits (one page) until the stream's turn: :meth:`_attempt` hands it
-        over, or its error, exactly as the request made then. The stream drops it if it
-        never asks for it.
+        First its first page; once that is in, the following ones (a list that may be
+        read ahead: ``page_ahead``, not ``stops_early``), their children's requests
+        started as each arrives. Each response waits until the stream's turn:
+        :meth:`_attempt` hands it over, or its error, exactly as the request made then.
+        The stream drops what its sync never asks for.
         """
-        if self._prefetched:
-            return False  # already started
-        prepared = self.first_request_ahead()
-        if prepared is None:
-            return False
-        self._prefetch(prepared, None, pool)
-        return True
+        with lead.lock:
+            if self._turn or lead.waiting >= lead.limit:
+                return
+            if self._lead_high:
+                self._lead_more(lead)
+                return
+            if self._prefetched:
+                return
+            prepared = self.request_ahead(1)
+            if prepared is not None:
+                self._lead_page(lead, prepared, 1)
+
+    def start_turn(self) -> None:
+        """The stream's own sync begins: nothing more is fetched ahead for it."""
+        lead = self._lead
+        if lead is None:
+            self._turn = True
+            return
+        with lead.lock:
+            self._turn = True
+
+    def _lead_page(self, lead: LeadPages, prepared: requests.PreparedRequest, page: int) -> None:
+        """Fetch ``page`` ahead, counted in ``lead`` until taken (``lead.lock`` held)."""
+        url = str(prepared.url)
+        if url in (self._prefetched or {}):
+            return
+        lead.waiting += 1
+        self._lead = lead
+        self._lead_high = max(self._lead_high, page)
+        if self._lead_urls is None:
+            self._lead_urls = set()
+        self._lead_urls.add(url)
+        follow = self.paginated and self.page_ahead and not self.stops_early
+        self._prefetch(
+            prepared,
+            None,
+            lead.pool,
+            then=(lambda response: self._lead_next(lead, page, response)) if follow else None,
+        )
+
+    def _lead_next(self, lead: LeadPages, page: int, response: requests.Response) -> None:
+        """On the worker of a page read ahead: learn how many follow.
+
+        A parent fetches the next ones at once (their children's requests are the longest
+        wait); other streams when a stream starts (:meth:`lead_pages`, in sync order, so
+        the streams synced sooner come first).
+        """
+        meta = response_meta(response)
+        if meta.get("next_page") != page + 1:
+            return
+        with lead.lock:
+            self._lead_last = max(self._lead_last, int(meta.get("total_pages") or page + 1))
+            if not self._turn and self._children_to_prefetch():
+                self._lead_more(lead)
+
+    def _lead_more(self, lead: LeadPages) -> None:
+        """The next pages up to the last known one, while ``lead`` allows (lock held)."""
+        while lead.waiting < lead.limit and self._lead_high < self._lead_last:
+            prepared = self.request_ahead(self._lead_high + 1)
+            if prepared is None:
+                return
+            self._lead_page(lead, prepared, self._lead_high + 1)
+
+    def _taken(self, url: str) -> None:
+        """A page fetched ahead was handed over (or dropped): one fewer waiting."""
+        lead = self._lead
+        if lead is not None and self._lead_urls:
+            with lead.lock:
+                if url in self._lead_urls:
+                    self._lead_urls.discard(url)
+                    lead.waiting -= 1
 
     def _prefetch(
-        self, prepared: requests.PreparedRequest, context: Context | None, pool: ThreadPoolExecutor
+        self,
+        prepared: requests.PreparedRequest,
+        context: Context | None,
+        pool: ThreadPoolExecutor,
+        then: t.Callable[[requests.Response], None] | None = None,
     ) -> None:
-        """Send ``prepared`` in ``pool`` (retried, paced, parsed) for :meth:`_attempt`."""
+        """Send ``prepared`` in ``pool`` (retried, paced, parsed) for :meth:`_attempt`.
+
+        ``then`` runs on the worker after a response (its errors are left out).
+        """
         url = str(prepared.url)
         if self._prefetched is None:
             self._prefetched = {}
@@ -485,6 +584,9 @@ class PagingStream(TransportStream):
             response_body(response)
             if children:
                 self._start_children(response)
+            if then is not None:
+                with contextlib.suppress(Exception):
+                    then(response)
             return response
 
         self._prefetched[url] = pool.submit(fetch)
@@ -513,7 +615,8 @@ class PagingStream(TransportStream):
         return bool(self._prefetched)
 
     def drop_prefetched(self) -> None:
-        """Forget prefetched requests no child sync took (e.g. filtered parents)."""
-        for future in (self._prefetched or {}).values():
+        """Forget prefetched requests no sync took (e.g. filtered parents)."""
+        for url, future in list((self._prefetched or {}).items()):
             future.cancel()
+            self._taken(url)
         self._prefetched = None

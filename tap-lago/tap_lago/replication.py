@@ -156,15 +156,15 @@ class ReplicationStream(PagingStream):
 
     _predicting = False
 
-    def first_request_ahead(self) -> requests.PreparedRequest | None:
-        """The first request, built with the starting value the stream's sync will have.
+    def request_ahead(self, page: int | None) -> requests.PreparedRequest | None:
+        """The request, built with the starting value the stream's sync will have.
 
         The SDK sets the starting value up (from the bookmark and ``start_date``) only as
         the stream starts, so it is worked out here the same way meanwhile.
         """
         self._predicting = True
         try:
-            return super().first_request_ahead()
+            return super().request_ahead(page)
         finally:
             self._predicting = False
 
@@ -249,6 +249,7 @@ class ReplicationStream(PagingStream):
             ahead = getattr(self._tap, "fetch_first_pages_ahead", None)
             if ahead is not None:
                 ahead(self)
+            self.start_turn()
         if self._seen is None or top_level:
             self.reset_seen()
         seen = t.cast("SeenKeys", self._seen)

@@ -133,6 +133,7 @@ class _NewestFirstStream(LagoStream):
 
     replication_key = "created_at"
     client_side_filter = True
+    stops_early = True
 
     def start_datetime(self, context: Context | None) -> dt.datetime | None:
         """The bookmark minus the lookback, else ``start_date``, else None."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import typing as t
-from concurrent.futures import ThreadPoolExecutor
 
 from requests.adapters import HTTPAdapter
 from singer_sdk import Tap
@@ -14,7 +13,7 @@ from singer_sdk.helpers.capabilities import PluginCapabilities, TapCapabilities
 
 from tap_lago.extra_streams import extra_stream_class, parse_extra_streams
 from tap_lago.pacing import Pacer
-from tap_lago.paging import EVENTS_PAGE_SIZE, MAX_CONCURRENCY, PagingStream
+from tap_lago.paging import EVENTS_PAGE_SIZE, MAX_CONCURRENCY, LeadPages, PagingStream
 from tap_lago.preflight import (
     config_errors,
     config_warnings,
@@ -316,31 +315,29 @@ class TapLago(Tap):
 
         Most streams are a page or two: read one after the other, each would wait a round
         trip for its first page while the pace allows more. So up to ``max_concurrency``
-        first pages of the streams to sync next (in sync order, from ``current`` on) are in
+        pages of the streams to sync next (in sync order, from ``current`` on) are in
         flight or waiting, under the same pace; each stream takes its own when its turn
-        comes (records, order and state as without). Streams whose first request depends
-        on their bookmark are left out (:meth:`PagingStream.first_request_ahead`).
+        comes (records, order and state as without). A stream's next pages follow its first
+        (the earlier streams first), with their children's requests
+        (:meth:`PagingStream.lead_pages`).
         """
-        limit = max(1, int(self.config.get("max_concurrency", MAX_CONCURRENCY)))
-        if limit == 1:
+        lead = self.lead_pages
+        if lead is None:
             return
         streams = list(self.streams.values())
-        waiting = 0
         for stream in streams[streams.index(current) :] if current in streams else ():
-            if waiting >= limit:
+            if lead.waiting >= lead.limit:
                 return
             if not isinstance(stream, PagingStream) or stream.parent_stream_type is not None:
                 continue
-            if not (stream.selected or stream.has_selected_descendents):
-                continue
-            if stream.prefetching or stream.prefetch_first_page(self.first_pages_pool):
-                waiting += 1
+            if stream.selected or stream.has_selected_descendents:
+                stream.lead_pages(lead)
 
     @functools.cached_property
-    def first_pages_pool(self) -> ThreadPoolExecutor:
-        """The threads that fetch streams' first pages ahead (``max_concurrency``)."""
+    def lead_pages(self) -> LeadPages | None:
+        """Pages fetched before their stream's turn (``max_concurrency``; none with 1)."""
         size = max(1, int(self.config.get("max_concurrency", MAX_CONCURRENCY)))
-        return ThreadPoolExecutor(size, "tap-lago-first-pages")
+        return LeadPages(size) if size > 1 else None
 
     @functools.cached_property
     def progress(self) -> Progress:
