@@ -84,10 +84,11 @@ class SeenKeys:
         except TypeError:  # a key field holding a list or an object
             digest = hash(repr(key))
         keys = self._keys
-        if digest in keys:
+        size = len(keys)
+        keys.add(digest)
+        if len(keys) == size:  # one set lookup, not two
             self.duplicates += 1
             return False
-        keys.add(digest)
         order = self._order
         order.append(digest)
         if len(order) > self.capacity:

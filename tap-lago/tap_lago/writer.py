@@ -29,6 +29,7 @@ if t.TYPE_CHECKING:
 
 _UTC = dt.timezone.utc
 _OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+_dumps = orjson.dumps
 #: U+2028 and U+2029 in UTF-8 (orjson writes them raw; only ever inside strings).
 _LS, _PS = "\u2028".encode(), "\u2029".encode()
 
@@ -102,7 +103,13 @@ class LagoMessageWriter(SimpleSingerWriter):
         if version is not None:
             message["version"] = version
         message["time_extracted"] = dt.datetime.now(_UTC)
-        line = dumps_line(message)
+        try:  # dumps_line, inlined: this runs once per record
+            line = _dumps(message, default=_default, option=_OPTIONS)
+        except orjson.JSONEncodeError:
+            line = dumps_line(message)
+        else:
+            if not line.isascii() and (_LS in line or _PS in line):
+                line = line.replace(_LS, b"\\u2028").replace(_PS, b"\\u2029")
         out = sys.stdout
         target = _target[1] if _target[0] is out else _binary_stdout(out)
         if target is None:
