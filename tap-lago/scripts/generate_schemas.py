@@ -252,7 +252,9 @@ EXTRA_PROPERTIES: dict[str, dict[str, dict[str, t.Any]]] = {
 SERVER_FIELDS: dict[str, dict[str, dict[str, t.Any]]] = {
     "payments": {"payment_provider_type": {"type": ["string", "null"]}},
     "payment_receipts": {"payment.payment_provider_type": {"type": ["string", "null"]}},
-    "payment_requests": {"invoices.voided_at": {"format": "date-time", "type": ["string", "null"]}},
+    "payment_requests": {
+        "invoices.voided_at": {"format": "date-time", "type": ["string", "null"]}
+    },
 }
 
 # Top-level fields Lago serializes as decimal strings (LAGO_API_CONTRACT.md, "Decimal
