@@ -143,9 +143,10 @@ class TapLago(Tap):
             title="Maximum concurrency",
             description=(
                 "Requests in flight at once: later pages of a list, invoices' issuing-date "
-                "windows, and the first requests of child streams (wallet transactions, "
-                "usage, alerts, payment methods, entitlements) for a page of parents, are "
-                "fetched ahead while records still come out in order. Only as many as "
+                "windows, the first requests of child streams (wallet transactions, "
+                "usage, alerts, payment methods, entitlements) for a page of parents, and "
+                "up to this many pages of the streams to sync next, are fetched ahead "
+                "while records still come out in order. Only as many as "
                 "the API's latency needs are used, and max_requests_per_second still "
                 "paces them: 16 holds Lago Cloud's 48 requests/s up to about 300 ms per "
                 "request. 1 reads one page at a time. A 429 pauses every new request for "
