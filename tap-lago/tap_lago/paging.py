@@ -17,7 +17,6 @@ import typing as t
 from concurrent.futures import Future, ThreadPoolExecutor
 from urllib.parse import quote
 
-from singer_sdk.exceptions import FatalAPIError
 from singer_sdk.pagination import BaseAPIPaginator, SinglePagePaginator
 from singer_sdk.streams.rest import PageContext
 
@@ -78,6 +77,10 @@ class LeadPages:
         self.pool = ThreadPoolExecutor(limit, "tap-lago-ahead")
         self.lock = threading.Lock()
         self.waiting = 0
+
+
+#: Guards the creation of a stream's prefetch pool and the entries of its prefetch table.
+_PREFETCH_LOCK = threading.Lock()
 
 
 class _Abandoned(Exception):
@@ -213,22 +216,18 @@ class PagingStream(TransportStream):
     ) -> requests.Response:
         """The prefetched response for this request if there is one, else one attempt.
 
-        A prefetched request refused for good (:class:`FatalAPIError`: no licence, a bad
-        key, a parent gone, ...) raises its error here, as the request made now would; one
-        that failed otherwise (retries exhausted, a dropped connection) is asked again, so
-        retries and errors are exactly those of a request made now.
+        A prefetched request is the first attempt of this one: its response is returned,
+        or its error raised here, so retries (of :meth:`request_decorator` around this)
+        and errors are exactly those of a request made now. One cancelled before it was
+        sent is sent now.
         """
         if self._prefetched:
             url = str(prepared_request.url)
             future = self._prefetched.pop(url, None)
             if future is not None:
                 self._taken(url)
-                try:
+                if not future.cancelled():
                     return t.cast("requests.Response", future.result())
-                except FatalAPIError:
-                    raise
-                except Exception:
-                    pass
         return self._send(prepared_request, context)
 
     def _request_pages(self, context: Context | None) -> Generator[dict[str, t.Any], None, None]:
@@ -312,7 +311,7 @@ class PagingStream(TransportStream):
             if abort.is_set():
                 raise _Abandoned
             response = fetch(prepared, send_ahead)
-            if parent:
+            if parent and not abort.is_set():
                 self._start_children(response)
             return response
 
@@ -458,8 +457,11 @@ class PagingStream(TransportStream):
         """Start this (child) stream's first request for ``context`` in the background."""
         if self.unavailable is not None:
             return
-        if self._prefetch_pool is None:
-            self._prefetch_pool = ThreadPoolExecutor(self.max_concurrency, f"tap-lago-{self.name}")
+        with _PREFETCH_LOCK:  # parent pages read ahead start children on several workers
+            if self._prefetch_pool is None:
+                self._prefetch_pool = ThreadPoolExecutor(
+                    self.max_concurrency, f"tap-lago-{self.name}"
+                )
         self._prefetch(self.prepare_page(context, 1), context, self._prefetch_pool)
 
     def request_ahead(self, page: int | None) -> requests.PreparedRequest | None:
@@ -564,23 +566,21 @@ class PagingStream(TransportStream):
         pool: ThreadPoolExecutor,
         then: t.Callable[[requests.Response], None] | None = None,
     ) -> None:
-        """Send ``prepared`` in ``pool`` (retried, paced, parsed) for :meth:`_attempt`.
+        """Send ``prepared`` once in ``pool`` (paced, parsed) for :meth:`_attempt`.
 
-        ``then`` runs on the worker after a response (its errors are left out).
+        One attempt: a failure is the first failed attempt of the request that takes it,
+        retried there as any other. ``then`` runs on the worker after a response (its
+        errors are left out).
         """
         url = str(prepared.url)
-        if self._prefetched is None:
-            self._prefetched = {}
-        if url in self._prefetched:
+        if url in (self._prefetched or {}):
             return
-        send = self.request_decorator(self._send)
         gate = self.rate_limit_gate
-
         children = context is None and self._children_to_prefetch()
 
         def fetch() -> requests.Response:
             gate.wait()
-            response = send(prepared, context)
+            response = self._send(prepared, context)
             response_body(response)
             if children:
                 self._start_children(response)
@@ -589,7 +589,11 @@ class PagingStream(TransportStream):
                     then(response)
             return response
 
-        self._prefetched[url] = pool.submit(fetch)
+        with _PREFETCH_LOCK:  # parent pages read ahead start children on several workers
+            if self._prefetched is None:
+                self._prefetched = {}
+            if url not in self._prefetched:
+                self._prefetched[url] = pool.submit(fetch)
 
     def _children_to_prefetch(self) -> bool:
         """Whether this stream starts child requests for its pages (selected children)."""

@@ -349,11 +349,13 @@ class TapLago(Tap):
     def http_session(self) -> LagoSession:
         """One session for every stream, its pool sized for every thread that may send.
 
-        A list's page-ahead pool, a child stream's prefetch pool and the first pages
-        fetched ahead each run up to ``max_concurrency`` requests, besides the emitting
-        thread.
+        A list's page-ahead pool, each child stream's prefetch pool and the pages fetched
+        ahead of their stream's turn each run up to ``max_concurrency`` requests, besides
+        the emitting thread. (The pool only keeps that many connections for reuse.)
         """
-        size = 3 * max(1, int(self.config.get("max_concurrency", MAX_CONCURRENCY))) + 2
+        children = sum(1 for stream in self.streams.values() if stream.parent_stream_type)
+        concurrency = max(1, int(self.config.get("max_concurrency", MAX_CONCURRENCY)))
+        size = (2 + children) * concurrency + 2
         session = LagoSession()
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=size, pool_block=False)
         session.mount("https://", adapter)
