@@ -4,6 +4,12 @@ Run from the repository root::
 
     python -m benchmarks.tap_bench            # 1,000,000 events (about 15 minutes)
     python -m benchmarks.tap_bench --quick    # 20,000 events (smoke run, about 3 minutes)
+    python -m benchmarks.tap_bench --only cloud-others --only cpu   # some sections alone
+
+Sections run alone (``--only``, repeatable) print their own short table and skip the rest:
+``cpu`` is the events stream at 0 ms (events_page_size 1000, the default, and 100) with the
+tap's CPU time per record; ``cloud-others`` is every other stream under Lago Cloud's profile (budget
+utilisation and 429s). Without ``--only`` everything below runs.
 
 What it runs (every plugin run is a child process; its output goes to a pipe where the
 benchmark counts RECORD lines per stream; the sandbox is another process):
@@ -21,7 +27,7 @@ benchmark counts RECORD lines per stream; the sandbox is another process):
    usage) and 80 ms added per request; tap-lago with its defaults on the newest
    ``--cloud-events`` events, on every other stream, and on invoices alone (its
    issuing_date windows against one page at a time). Budget utilisation = throughput over
-   the budget's maximum: records/s over ``page_size x 50`` for events; for the other
+   the budget's maximum: records/s over ``events_page_size x 50`` for events; for the other
    streams, the time the fewest possible requests take at the limits over the time taken.
    Every 429 is counted from the sandbox's request log.
 5. Scale-out: the same events split by ``start_date``/``end_date`` into 2 and 4 jobs run
@@ -83,6 +89,8 @@ LISTS: dict[str, tuple[str, dict[str, Any]]] = {
 OTHER_STREAMS = sorted({*LISTS, "wallet_transactions", "customer_usage"} - {"events"})
 LATENCY_MS = 50
 PAGE_SIZE = 100
+#: The tap's ``events_page_size`` default (events per request).
+EVENTS_PAGE_SIZE = 1000
 #: Lago Cloud's profile: per-organisation requests/s (reads; current usage) and latency.
 CLOUD_LATENCY_MS = 80
 CLOUD_LIMIT = 50.0
@@ -168,11 +176,11 @@ class Job:
     """
 
     streams: list[str]
-    pace: float | None = 0.0
+    pace: int | None = 0
     max_concurrency: int | None = None
     start_date: str | None = None
     end_date: str | None = None
-    page_size: int | None = None
+    events_page_size: int | None = None
 
 
 class Bench:
@@ -218,8 +226,8 @@ class Bench:
             config.update(start_date=job.start_date, lookback_window_days=0)
         if job.end_date:
             config["end_date"] = job.end_date
-        if job.page_size:
-            config["page_size"] = job.page_size
+        if job.events_page_size:
+            config["events_page_size"] = job.events_page_size
         config_path = self._path("config")
         config_path.write_text(json.dumps(config))
         catalog = self.catalog(job.streams)
@@ -427,7 +435,8 @@ def wallet_transactions(sandbox: SandboxProcess) -> list[int]:
 def fewest_requests(sandbox: SandboxProcess, counts: dict[str, int]) -> dict[str, int]:
     """The fewest requests a sync of ``counts`` needs, per Lago Cloud bucket.
 
-    One per page of ``PAGE_SIZE`` (at least one per list), one per wallet's transactions
+    One per page of ``PAGE_SIZE`` (``EVENTS_PAGE_SIZE`` for events; at least one per
+    list), one per wallet's transactions
     and per active subscription's usage, and the tap's connection check.
     """
     needed = {"default": 1, "current_usage": 0}
@@ -438,7 +447,8 @@ def fewest_requests(sandbox: SandboxProcess, counts: dict[str, int]) -> dict[str
             pages = (max(1, math.ceil(n / PAGE_SIZE)) for n in wallet_transactions(sandbox))
             needed["default"] += sum(pages)
         else:
-            needed["default"] += max(1, math.ceil(count / PAGE_SIZE))
+            size = EVENTS_PAGE_SIZE if name == "events" else PAGE_SIZE
+            needed["default"] += max(1, math.ceil(count / size))
     return needed
 
 
@@ -644,14 +654,14 @@ def _scenarios(bench: Bench, sb: SandboxProcess, options: Options, out: Any) -> 
         measure_floor(bench, sb, "SDK floor events", events, "no HTTP; wall incl. dump load"),
     )
     done(
-        "tap0_pages1000",
+        "tap0_pages100",
         measure_tap(
             bench,
             sb,
-            f"tap events @0ms C={c}, page_size 1000",
-            Job(events, max_concurrency=c, page_size=1000),
+            f"tap events @0ms C={c}, events_page_size 100",
+            Job(events, max_concurrency=c, events_page_size=PAGE_SIZE),
             expected,
-            note="all; a tenth of the requests",
+            note="all; ten times the requests",
         ),
     )
     done(
@@ -892,7 +902,7 @@ def _scale_out_unlimited(
 
 def _print_report(report: dict[str, Any], options: Options, out: Any) -> None:
     c = options.concurrency
-    keys = ["tap0", "serial0", "tap0_pages1000", "floor", "tap50", "slice50", "slice_serial50"]
+    keys = ["tap0", "serial0", "tap0_pages100", "floor", "tap50", "slice50", "slice_serial50"]
     print_table(
         f"Events stream alone ({options.events:,} events, no gateway limits; 50 ms = every "
         "request delayed 50 ms by a sandbox latency rule; 'slice' = the newest events only)",
@@ -914,7 +924,8 @@ def _print_report(report: dict[str, Any], options: Options, out: Any) -> None:
     print_table(
         f"Lago Cloud's profile ({CLOUD_LIMIT:.0f} requests/s, {CLOUD_USAGE_LIMIT:.0f} for "
         f"current usage; {CLOUD_LATENCY_MS} ms per request; tap defaults: 48 requests/s, "
-        "max_concurrency 16). Utilisation: records/s over page_size x 50 (events), or the "
+        "max_concurrency 16, events_page_size 1000). Utilisation: records/s over "
+        "events_page_size x 50 (events), or the "
         "time the fewest requests take at the limits over the sync time (others)",
         ["run", "records", "wall s", "sync s", "rec/s sync", "requests", "429s", "fewest", "use"],
         [row for row, _ in cloud.values()],
@@ -984,7 +995,7 @@ def _cloud_rows(report: dict[str, Any], options: Options) -> dict[str, tuple[lis
         m: Measure = report[key]
         fewest = needed[kind]
         if kind == "events":
-            use = m.per_second / (PAGE_SIZE * CLOUD_LIMIT)
+            use = m.per_second / (EVENTS_PAGE_SIZE * CLOUD_LIMIT)
         else:
             use = ratio(budget_seconds(fewest), m.sync_seconds)
         row = [
@@ -1016,7 +1027,7 @@ def _scale_rows(report: dict[str, Any], options: Options) -> list[list[Any]]:
                 round(ratio(cloud.per_second, cloud_one.per_second), 2),
                 round(free.per_second),
                 round(ratio(free.per_second, free_one.per_second), 2),
-                f"{free.per_second / PAGE_SIZE:,.0f} requests/s",
+                f"{free.per_second / EVENTS_PAGE_SIZE:,.0f} requests/s",
             ]
         )
     return rows
@@ -1037,8 +1048,8 @@ def _ratio_rows(
     tap0 = report["tap0"]
     per_cpu = ratio(tap0.records, tap0.cpu_seconds)
     per_cpu_net = ratio(tap0.records, max(tap0.cpu_seconds - report["start_cpu"], 1e-3))
-    big_pages = report["tap0_pages1000"]
-    per_cpu_big = ratio(big_pages.records, big_pages.cpu_seconds)
+    small_pages = report["tap0_pages100"]
+    per_cpu_small = ratio(small_pages.records, small_pages.cpu_seconds)
     events_use = cloud["cloud_events"][1]
     others_use = cloud["cloud_others"][1]
     cloud_runs = [
@@ -1078,8 +1089,8 @@ def _ratio_rows(
         ],
         ["  same, less the CPU of a run selecting no stream", round(per_cpu_net), "", ""],
         [
-            "  same, page_size 1000 (a tenth of the requests)",
-            round(per_cpu_big),
+            "  same, events_page_size 100 (ten times the requests)",
+            round(per_cpu_small),
             "",
             "",
         ],
@@ -1150,6 +1161,78 @@ def _ratio_rows(
     return rows
 
 
+#: Sections that can be run alone (``--only``).
+SECTIONS = ("cpu", "cloud-others")
+
+
+def run_sections(options: Options, sections: tuple[str, ...], out: Any = None) -> dict[str, Any]:
+    """Run only ``sections`` (see :data:`SECTIONS`) and print their figures."""
+    out = out or sys.stdout
+    report: dict[str, Any] = {}
+    done = _done(report, out)
+    rows: list[list[Any]] = []
+    with tempfile.TemporaryDirectory(prefix="tap-bench-") as tmp:
+        bench = Bench(Path(tmp))
+        events = options.events if "cpu" in sections else 1
+        with start_sandbox(customers=options.customers, events=events) as sb:
+            bench.measure_start(sb)
+            rows.append(
+                [
+                    "start (no stream selected)",
+                    round(bench.start_seconds, 2),
+                    "",
+                    round(bench.start_cpu_seconds, 2),
+                    "",
+                    "",
+                ]
+            )
+            if "cpu" in sections:
+                expected = expected_counts(sb, ["events"])
+                for key, size in (("tap0", None), ("tap0_pages100", PAGE_SIZE)):
+                    job = Job(
+                        ["events"], max_concurrency=options.concurrency, events_page_size=size
+                    )
+                    label = f"tap events @0ms, events_page_size {size or EVENTS_PAGE_SIZE}"
+                    done(key, measure_tap(bench, sb, label, job, expected, note="all"))
+                    m = report[key]
+                    rows.append(
+                        [m.label, round(m.sync_seconds, 2), "", round(m.cpu_seconds, 2),
+                         round(ratio(m.records, m.cpu_seconds)), "records per CPU-second"]
+                    )  # fmt: skip
+            if "cloud-others" in sections:
+                others = expected_counts(sb, OTHER_STREAMS)
+                fewest = fewest_requests(sb, others)
+                sb.configure(rate_limits="cloud")
+                sb.set_faults(
+                    [{"fault": "latency", "delay_ms": CLOUD_LATENCY_MS, "path": "/api/v1/"}]
+                )
+                try:
+                    job = Job(OTHER_STREAMS, pace=None)
+                    done(
+                        "cloud_others",
+                        measure_tap(
+                            bench, sb, "tap others, Cloud", job, others, note="", log_requests=True
+                        ),
+                    )
+                finally:
+                    sb.set_faults([])
+                    sb.configure(rate_limits=None)
+                m = report["cloud_others"]
+                use = ratio(budget_seconds(fewest), m.sync_seconds)
+                rows.append(
+                    [m.label, round(m.sync_seconds, 2), f"{m.requests} ({m.rate_limited} 429s)",
+                     round(m.cpu_seconds, 2), round(use, 2),
+                     f"budget utilisation (fewest: {budget_seconds(fewest):.2f} s)"]
+                )  # fmt: skip
+    print_table(
+        "Sections run alone",
+        ["run", "sync s", "requests", "CPU s", "figure", "what"],
+        rows,
+        file=out,
+    )
+    return report
+
+
 def _ok(flag: bool) -> str:
     return "met" if flag else "NOT met"
 
@@ -1166,6 +1249,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slice", type=int, help="events of the one-at-a-time 50 ms slice")
     parser.add_argument("--cloud-events", type=int, help="events of the Cloud runs (200,000)")
     parser.add_argument("--concurrency", type=int, default=16, help="max_concurrency (16)")
+    parser.add_argument(
+        "--only", choices=SECTIONS, action="append", help="run this section alone (repeatable)"
+    )
     args = parser.parse_args(argv)
     if args.command == "floor":
         floor_main(args.url, args.streams.split(","))
@@ -1179,7 +1265,10 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=args.concurrency,
         cloud_events=args.cloud_events or min(200_000, events),
     )
-    run(options)
+    if args.only:
+        run_sections(options, tuple(args.only))
+    else:
+        run(options)
     return 0
 
 

@@ -209,9 +209,12 @@ class DateWindowsStream(PagingStream):
     def _fetch(
         self, prepared: requests.PreparedRequest, context: Context | None, abort: threading.Event
     ) -> requests.Response:
-        """One request with the usual retries, after any 429 pause; the body parsed here."""
+        """One request with the usual retries, after any 429 pause; the body parsed here.
+
+        The first page may have been fetched ahead, before the stream's turn (``_attempt``).
+        """
         self.rate_limit_gate.wait(abort)
-        response = self.request_decorator(self._send)(prepared, context)
+        response = self.request_decorator(self._attempt)(prepared, context)
         response_body(response)
         return response
 

@@ -322,6 +322,12 @@ class ExtraStream(LagoStream):
             f"(e.g. /customers/{{external_id}}/invoices), and api_url"
         )
 
+    def request_ahead(self, page: int | None) -> requests.PreparedRequest | None:
+        """None with a parent: the path's placeholders come from the parent's records."""
+        if self.spec.parent_stream is not None:
+            return None
+        return super().request_ahead(page)
+
     def parse_response(self, response: requests.Response) -> Iterable[dict[str, t.Any]]:
         """Records under ``records_key``; a body without it is a setting to fix."""
         body = response_body(response)

@@ -38,6 +38,12 @@ PAGE_AHEAD_AFTER_SECONDS = 0.01
 MAX_CONCURRENCY = 16
 #: Pages in a row already there when wanted before one fewer is requested ahead.
 PAGE_AHEAD_SHRINK_AFTER = 8
+#: The ``page_size`` default (Lago's own default ``per_page``).
+PAGE_SIZE = 100
+#: The ``events_page_size`` default: Lago sets no maximum (LAGO_API_BEHAVIOUR.md §1) and
+#: its rate limit counts requests, so the one list of millions of rows reads more per
+#: request (a tenth of the requests, their budget and their CPU time).
+EVENTS_PAGE_SIZE = 1000
 
 
 class LagoPaginator(BaseAPIPaginator[int]):
@@ -59,6 +65,24 @@ class LagoPaginator(BaseAPIPaginator[int]):
         return int(next_page) if next_page else None
 
 
+class LeadPages:
+    """Pages of the streams to sync next, fetched before their turn.
+
+    At most ``limit`` wait (requested and not yet taken), on ``limit`` threads of their own.
+    """
+
+    def __init__(self, limit: int) -> None:
+        """Nothing waiting yet."""
+        self.limit = limit
+        self.pool = ThreadPoolExecutor(limit, "tap-lago-ahead")
+        self.lock = threading.Lock()
+        self.waiting = 0
+
+
+#: Guards the creation of a stream's prefetch pool and the entries of its prefetch table.
+_PREFETCH_LOCK = threading.Lock()
+
+
 class _Abandoned(Exception):
     """A page fetch given up because its walk ended first (not retried)."""
 
@@ -77,8 +101,24 @@ class PagingStream(TransportStream):
     paginated = True
     #: Whether pages may be fetched ahead concurrently (``max_concurrency``).
     page_ahead = True
+    #: The setting that sizes this stream's pages, and its default.
+    page_size_setting = "page_size"
+    default_page_size = PAGE_SIZE
+    #: Whether the first page of this (top-level) stream may be fetched before its turn,
+    #: while earlier streams sync (see :meth:`request_ahead`).
+    first_page_ahead = True
 
     _prefetched: dict[str, Future[t.Any]] | None = None
+    #: Pages fetched ahead of this stream's turn, counted in ``_lead`` until taken.
+    _lead: LeadPages | None = None
+    _lead_urls: set[str] | None = None
+    #: Whether this stream's own sync began (nothing more is then fetched ahead for it).
+    _turn = False
+    #: The highest page fetched ahead of the turn, and the last page the list has.
+    _lead_high = 0
+    _lead_last = 0
+    #: Whether the walk may end before the last page (then no page is read ahead of turn).
+    stops_early = False
     _prefetch_pool: ThreadPoolExecutor | None = None
     #: Pages requested ahead when the stream's previous list (e.g. event window) ended.
     _ahead_before = 0
@@ -109,7 +149,9 @@ class PagingStream(TransportStream):
         params: dict[str, t.Any] = dict(self.extra_params)
         if self.paginated:
             params["page"] = next_page_token or 1
-            params["per_page"] = int(self.config.get("page_size", 100))
+            params["per_page"] = int(
+                self.config.get(self.page_size_setting) or self.default_page_size
+            )
         params.update(self.filter_params(context))
         return params
 
@@ -174,13 +216,17 @@ class PagingStream(TransportStream):
     ) -> requests.Response:
         """The prefetched response for this request if there is one, else one attempt.
 
-        A prefetched request that failed in any way is simply asked again here, so retries
-        and errors are exactly those of a request made now.
+        A prefetched request is the first attempt of this one: its response is returned,
+        or its error raised here, so retries (of :meth:`request_decorator` around this)
+        and errors are exactly those of a request made now. One cancelled before it was
+        sent is sent now.
         """
         if self._prefetched:
-            future = self._prefetched.pop(str(prepared_request.url), None)
+            url = str(prepared_request.url)
+            future = self._prefetched.pop(url, None)
             if future is not None:
-                with contextlib.suppress(Exception):  # a failed one is asked again below
+                self._taken(url)
+                if not future.cancelled():
                     return t.cast("requests.Response", future.result())
         return self._send(prepared_request, context)
 
@@ -256,10 +302,18 @@ class PagingStream(TransportStream):
             response_body(response)  # parsed in the worker, off the emitting thread
             return response
 
+        # A page's children (e.g. usage per subscription) keep its emitting slow: the next
+        # page is asked for before the page is emitted, and its children's first requests
+        # are started as soon as it arrives, so they follow the page's own without a gap.
+        parent = self.parent_stream_type is None and self._children_to_prefetch()
+
         def fetch_ahead(prepared: requests.PreparedRequest) -> requests.Response:
             if abort.is_set():
                 raise _Abandoned
-            return fetch(prepared, send_ahead)
+            response = fetch(prepared, send_ahead)
+            if parent and not abort.is_set():
+                self._start_children(response)
+            return response
 
         with self.get_http_request_counter() as counter:
             counter.with_context(context)
@@ -295,6 +349,13 @@ class PagingStream(TransportStream):
                     records = self.parse_response(response)
                     if not records:
                         break
+                    following = response_meta(response).get("next_page")
+                    if parent and not pending and following == page + 1:
+                        if pool is None:
+                            pool = ThreadPoolExecutor(workers, f"tap-lago-{self.name}")
+                        upcoming = self.prepare_page(context, page + 1)
+                        pending.append((page + 1, upcoming, pool.submit(fetch_ahead, upcoming)))
+                        next_to_request = page + 2
                     yield from records
                     paginator.advance(response)
                     if paginator.finished:
@@ -396,27 +457,170 @@ class PagingStream(TransportStream):
         """Start this (child) stream's first request for ``context`` in the background."""
         if self.unavailable is not None:
             return
-        prepared = self.prepare_page(context, 1)
-        url = str(prepared.url)
-        if self._prefetched is None:
-            self._prefetched = {}
-        if url in self._prefetched:
+        with _PREFETCH_LOCK:  # parent pages read ahead start children on several workers
+            if self._prefetch_pool is None:
+                self._prefetch_pool = ThreadPoolExecutor(
+                    self.max_concurrency, f"tap-lago-{self.name}"
+                )
+        self._prefetch(self.prepare_page(context, 1), context, self._prefetch_pool)
+
+    def request_ahead(self, page: int | None) -> requests.PreparedRequest | None:
+        """This top-level stream's request of ``page``, if it may be sent before its turn.
+
+        The request its sync will make, as far as can be told now; the sync takes the
+        response only for the very same URL (a wrong guess costs a request, nothing else).
+        None for a child stream, a stream refused earlier in the run, or one whose first
+        request cannot be told before its turn (``first_page_ahead`` False).
+        """
+        if self.parent_stream_type is not None:
+            return None
+        if self.unavailable is not None or not self.first_page_ahead:
+            return None
+        return self.prepare_page(None, page if self.paginated else None)
+
+    def lead_pages(self, lead: LeadPages) -> None:
+        """Fetch pages of this stream before its turn, while ``lead`` allows.
+
+        First its first page; once that is in, the following ones (a list that may be
+        read ahead: ``page_ahead``, not ``stops_early``), their children's requests
+        started as each arrives. Each response waits until the stream's turn:
+        :meth:`_attempt` hands it over, or its error, exactly as the request made then.
+        The stream drops what its sync never asks for.
+        """
+        with lead.lock:
+            if self._turn or lead.waiting >= lead.limit:
+                return
+            if self._lead_high:
+                self._lead_more(lead)
+                return
+            if self._prefetched:
+                return
+            prepared = self.request_ahead(1)
+            if prepared is not None:
+                self._lead_page(lead, prepared, 1)
+
+    def start_turn(self) -> None:
+        """The stream's own sync begins: nothing more is fetched ahead for it."""
+        lead = self._lead
+        if lead is None:
+            self._turn = True
             return
-        if self._prefetch_pool is None:
-            self._prefetch_pool = ThreadPoolExecutor(self.max_concurrency, f"tap-lago-{self.name}")
-        send = self.request_decorator(self._send)
+        with lead.lock:
+            self._turn = True
+
+    def _lead_page(self, lead: LeadPages, prepared: requests.PreparedRequest, page: int) -> None:
+        """Fetch ``page`` ahead, counted in ``lead`` until taken (``lead.lock`` held)."""
+        url = str(prepared.url)
+        if url in (self._prefetched or {}):
+            return
+        lead.waiting += 1
+        self._lead = lead
+        self._lead_high = max(self._lead_high, page)
+        if self._lead_urls is None:
+            self._lead_urls = set()
+        self._lead_urls.add(url)
+        follow = self.paginated and self.page_ahead and not self.stops_early
+        self._prefetch(
+            prepared,
+            None,
+            lead.pool,
+            then=(lambda response: self._lead_next(lead, page, response)) if follow else None,
+        )
+
+    def _lead_next(self, lead: LeadPages, page: int, response: requests.Response) -> None:
+        """On the worker of a page read ahead: learn how many follow.
+
+        A parent fetches the next ones at once (their children's requests are the longest
+        wait); other streams when a stream starts (:meth:`lead_pages`, in sync order, so
+        the streams synced sooner come first).
+        """
+        meta = response_meta(response)
+        if meta.get("next_page") != page + 1:
+            return
+        with lead.lock:
+            self._lead_last = max(self._lead_last, int(meta.get("total_pages") or page + 1))
+            if not self._turn and self._children_to_prefetch():
+                self._lead_more(lead)
+
+    def _lead_more(self, lead: LeadPages) -> None:
+        """The next pages up to the last known one, while ``lead`` allows (lock held)."""
+        while lead.waiting < lead.limit and self._lead_high < self._lead_last:
+            prepared = self.request_ahead(self._lead_high + 1)
+            if prepared is None:
+                return
+            self._lead_page(lead, prepared, self._lead_high + 1)
+
+    def _taken(self, url: str) -> None:
+        """A page fetched ahead was handed over (or dropped): one fewer waiting."""
+        lead = self._lead
+        if lead is not None and self._lead_urls:
+            with lead.lock:
+                if url in self._lead_urls:
+                    self._lead_urls.discard(url)
+                    lead.waiting -= 1
+
+    def _prefetch(
+        self,
+        prepared: requests.PreparedRequest,
+        context: Context | None,
+        pool: ThreadPoolExecutor,
+        then: t.Callable[[requests.Response], None] | None = None,
+    ) -> None:
+        """Send ``prepared`` once in ``pool`` (paced, parsed) for :meth:`_attempt`.
+
+        One attempt: a failure is the first failed attempt of the request that takes it,
+        retried there as any other. ``then`` runs on the worker after a response (its
+        errors are left out).
+        """
+        url = str(prepared.url)
+        if url in (self._prefetched or {}):
+            return
         gate = self.rate_limit_gate
+        children = context is None and self._children_to_prefetch()
 
         def fetch() -> requests.Response:
             gate.wait()
-            response = send(prepared, context)
+            response = self._send(prepared, context)
             response_body(response)
+            if children:
+                self._start_children(response)
+            if then is not None:
+                with contextlib.suppress(Exception):
+                    then(response)
             return response
 
-        self._prefetched[url] = self._prefetch_pool.submit(fetch)
+        with _PREFETCH_LOCK:  # parent pages read ahead start children on several workers
+            if self._prefetched is None:
+                self._prefetched = {}
+            if url not in self._prefetched:
+                self._prefetched[url] = pool.submit(fetch)
+
+    def _children_to_prefetch(self) -> bool:
+        """Whether this stream starts child requests for its pages (selected children)."""
+        return self.max_concurrency > 1 and any(
+            child.selected or child.has_selected_descendents for child in self.child_streams
+        )
+
+    def _start_children(self, response: requests.Response) -> None:
+        """Start the children's first requests for a page read ahead (on its worker).
+
+        The emitting thread asks again when it parses the page (started ones are kept);
+        a page that cannot be read here is left to it, with its errors.
+        """
+        body = response_body(response)
+        records = body.get(self.records_key or self.name) if isinstance(body, dict) else None
+        if isinstance(records, list) and records:
+            with contextlib.suppress(Exception):
+                self._prefetch_children(records)
+
+    @property
+    def prefetching(self) -> bool:
+        """Whether requests of this stream were started ahead and not taken yet."""
+        return bool(self._prefetched)
 
     def drop_prefetched(self) -> None:
-        """Forget prefetched requests no child sync took (e.g. filtered parents)."""
-        for future in (self._prefetched or {}).values():
+        """Forget prefetched requests no sync took (e.g. filtered parents)."""
+        for url, future in list((self._prefetched or {}).items()):
             future.cancel()
+            self._taken(url)
         self._prefetched = None

@@ -84,10 +84,11 @@ class SeenKeys:
         except TypeError:  # a key field holding a list or an object
             digest = hash(repr(key))
         keys = self._keys
-        if digest in keys:
+        size = len(keys)
+        keys.add(digest)
+        if len(keys) == size:  # one set lookup, not two
             self.duplicates += 1
             return False
-        keys.add(digest)
         order = self._order
         order.append(digest)
         if len(order) > self.capacity:
@@ -154,6 +155,34 @@ class ReplicationStream(PagingStream):
         value = self.config.get("end_date")
         return parse_setting_datetime(value) if value else None
 
+    _predicting = False
+
+    def request_ahead(self, page: int | None) -> requests.PreparedRequest | None:
+        """The request, built with the starting value the stream's sync will have.
+
+        The SDK sets the starting value up (from the bookmark and ``start_date``) only as
+        the stream starts, so it is worked out here the same way meanwhile.
+        """
+        self._predicting = True
+        try:
+            return super().request_ahead(page)
+        finally:
+            self._predicting = False
+
+    def get_starting_replication_key_value(self, context: Context | None) -> t.Any | None:
+        """The SDK's starting value; before the stream starts, what it will be."""
+        if not self._predicting:
+            return super().get_starting_replication_key_value(context)
+        if not self.replication_key:
+            return None
+        value = self.get_context_state(context).get("replication_key_value")
+        if self.get_context_state(context).get("replication_key") != self.replication_key:
+            value = None
+        start = self.config.get("start_date")
+        if start:
+            value = self.compare_start_date(value, start) if value else start
+        return value
+
     def has_bookmark(self, context: Context | None) -> bool:
         """Whether the incoming state holds a bookmark for this stream."""
         state = self.get_context_state(context)
@@ -218,6 +247,10 @@ class ReplicationStream(PagingStream):
             check = getattr(self._tap, "check_connection_once", None)
             if check is not None:
                 check()
+            ahead = getattr(self._tap, "fetch_first_pages_ahead", None)
+            if ahead is not None:
+                ahead(self)
+            self.start_turn()
         if self._seen is None or top_level:
             self.reset_seen()
         seen = t.cast("SeenKeys", self._seen)
@@ -244,6 +277,8 @@ class ReplicationStream(PagingStream):
             progress.seconds += time.monotonic() - started
         for child in self.child_streams:
             t.cast("PagingStream", child).drop_prefetched()
+        if top_level:
+            self.drop_prefetched()  # a first page fetched ahead that the sync did not ask for
         if seen.duplicates > dupes_before:
             self.logger.info(
                 "%s: dropped %d records already emitted in this run (page shifts)",
@@ -316,6 +351,7 @@ class TimeWindows(ReplicationStream):
     window_params: tuple[str, str] = ("", "")
     replication_precision = "ms"
     applies_end_date = True
+    first_page_ahead = False  # its first request is the first window's
     _window: tuple[dt.datetime, dt.datetime] | None = None
 
     def filter_params(self, context: Context | None) -> dict[str, t.Any]:  # noqa: D102

@@ -91,6 +91,7 @@ from tap_lago.client import (
     parse_datetime,
 )
 from tap_lago.logs import LOG_STREAMS
+from tap_lago.paging import EVENTS_PAGE_SIZE
 from tap_lago.replication import canonical
 
 if t.TYPE_CHECKING:
@@ -135,6 +136,7 @@ class _NewestFirstStream(LagoStream):
 
     replication_key = "created_at"
     client_side_filter = True
+    stops_early = True
 
     def start_datetime(self, context: Context | None) -> dt.datetime | None:
         """The bookmark minus the lookback, else ``start_date``, else None."""
@@ -263,6 +265,8 @@ class EventsStream(LagoWindowedStream):
     key_stand_ins: t.ClassVar[dict[str, t.Any]] = {"external_subscription_id": NO_SUBSCRIPTION}
     replication_key = "timestamp"
     window_params = ("timestamp_from", "timestamp_to")
+    page_size_setting = "events_page_size"
+    default_page_size = EVENTS_PAGE_SIZE
 
 
 class CouponsStream(LagoStream):

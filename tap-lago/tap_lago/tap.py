@@ -13,7 +13,7 @@ from singer_sdk.helpers.capabilities import PluginCapabilities, TapCapabilities
 
 from tap_lago.extra_streams import extra_stream_class, parse_extra_streams
 from tap_lago.pacing import Pacer
-from tap_lago.paging import MAX_CONCURRENCY
+from tap_lago.paging import EVENTS_PAGE_SIZE, MAX_CONCURRENCY, LeadPages, PagingStream
 from tap_lago.preflight import (
     config_errors,
     config_warnings,
@@ -122,7 +122,19 @@ class TapLago(Tap):
             th.IntegerType(minimum=1),
             default=100,
             title="Page size",
-            description="Records per list request (per_page).",
+            description="Records per list request (per_page), events aside.",
+        ),
+        th.Property(
+            "events_page_size",
+            th.IntegerType(minimum=1),
+            default=EVENTS_PAGE_SIZE,
+            title="Events page size",
+            description=(
+                "Events per request of the events list (per_page). Lago sets no maximum, "
+                "and its rate limit counts requests: 1000 reads up to 50,000 events a "
+                "second within Lago Cloud's 50 requests/s (100: 5,000), with a tenth of "
+                "the requests' CPU time. Lower it if a proxy limits response sizes."
+            ),
         ),
         th.Property(
             "max_concurrency",
@@ -131,9 +143,10 @@ class TapLago(Tap):
             title="Maximum concurrency",
             description=(
                 "Requests in flight at once: later pages of a list, invoices' issuing-date "
-                "windows, and the first requests of child streams (wallet transactions, "
-                "usage, alerts, payment methods, entitlements) for a page of parents, are "
-                "fetched ahead while records still come out in order. Only as many as "
+                "windows, the first requests of child streams (wallet transactions, "
+                "usage, alerts, payment methods, entitlements) for a page of parents, and "
+                "up to this many pages of the streams to sync next, are fetched ahead "
+                "while records still come out in order. Only as many as "
                 "the API's latency needs are used, and max_requests_per_second still "
                 "paces them: 16 holds Lago Cloud's 48 requests/s up to about 300 ms per "
                 "request. 1 reads one page at a time. A 429 pauses every new request for "
@@ -298,6 +311,35 @@ class TapLago(Tap):
             self._connection_checked = True
             t.cast("LagoStream", self.streams[CONNECTION_CHECK_STREAM]).check_connection()
 
+    def fetch_first_pages_ahead(self, current: Stream) -> None:
+        """As a top-level stream starts: the first pages of it and of the streams after it.
+
+        Most streams are a page or two: read one after the other, each would wait a round
+        trip for its first page while the pace allows more. So up to ``max_concurrency``
+        pages of the streams to sync next (in sync order, from ``current`` on) are in
+        flight or waiting, under the same pace; each stream takes its own when its turn
+        comes (records, order and state as without). A stream's next pages follow its first
+        (the earlier streams first), with their children's requests
+        (:meth:`PagingStream.lead_pages`).
+        """
+        lead = self.lead_pages
+        if lead is None:
+            return
+        streams = list(self.streams.values())
+        for stream in streams[streams.index(current) :] if current in streams else ():
+            if lead.waiting >= lead.limit:
+                return
+            if not isinstance(stream, PagingStream) or stream.parent_stream_type is not None:
+                continue
+            if stream.selected or stream.has_selected_descendents:
+                stream.lead_pages(lead)
+
+    @functools.cached_property
+    def lead_pages(self) -> LeadPages | None:
+        """Pages fetched before their stream's turn (``max_concurrency``; none with 1)."""
+        size = max(1, int(self.config.get("max_concurrency", MAX_CONCURRENCY)))
+        return LeadPages(size) if size > 1 else None
+
     @functools.cached_property
     def progress(self) -> Progress:
         """Progress lines and the closing table of every stream."""
@@ -307,10 +349,13 @@ class TapLago(Tap):
     def http_session(self) -> LagoSession:
         """One session for every stream, its pool sized for every thread that may send.
 
-        A list's page-ahead pool and a child stream's prefetch pool each run up to
-        ``max_concurrency`` requests, besides the emitting thread.
+        A list's page-ahead pool, each child stream's prefetch pool and the pages fetched
+        ahead of their stream's turn each run up to ``max_concurrency`` requests, besides
+        the emitting thread. (The pool only keeps that many connections for reuse.)
         """
-        size = 2 * max(1, int(self.config.get("max_concurrency", MAX_CONCURRENCY))) + 2
+        children = sum(1 for stream in self.streams.values() if stream.parent_stream_type)
+        concurrency = max(1, int(self.config.get("max_concurrency", MAX_CONCURRENCY)))
+        size = (2 + children) * concurrency + 2
         session = LagoSession()
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=size, pool_block=False)
         session.mount("https://", adapter)

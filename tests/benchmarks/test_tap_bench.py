@@ -52,7 +52,7 @@ def test_every_tap_run_emits_exactly_the_sandbox_records(
 ) -> None:
     measures, _ = report
     held = held_by_sandbox()
-    for key in ("tap0", "serial0", "tap0_pages1000", "tap50"):
+    for key in ("tap0", "serial0", "tap0_pages100", "tap50"):
         assert measures[key].counts == {"events": EVENTS}, key
         assert measures[key].records == EVENTS
     for key in ("others0", "others_serial0", "others50", "others_serial50"):

@@ -78,7 +78,7 @@ def run_tap(
 
 
 def tap_config(sandbox: Any, **overrides: Any) -> dict[str, Any]:
-    """Tap settings pointing at a sandbox; small pages so paging is exercised.
+    """Tap settings pointing at a sandbox; small pages so paging is exercised (events too).
 
     Unpaced: the sandbox has no gateway limit unless asked (tests/tap/test_pacing.py).
     """
@@ -91,6 +91,8 @@ def tap_config(sandbox: Any, **overrides: Any) -> dict[str, Any]:
         "max_retries": 8,
     }
     config.update(overrides)
+    # Events are paged like the rest unless a test says otherwise (page-ahead, windows).
+    config.setdefault("events_page_size", config["page_size"])
     return config
 
 

@@ -22,6 +22,7 @@ SETTINGS = (
     "end_date",
     "events_window_days",
     "page_size",
+    "events_page_size",
     "lookback_window_days",
     "request_timeout",
     "max_retries",
@@ -66,6 +67,7 @@ def test_about_json_marks_the_key_secret() -> None:
     assert about["settings"]["required"] == ["api_key"]
     assert props["api_url"]["default"] == "https://api.getlago.com/api/v1"
     assert props["page_size"]["default"] == 100
+    assert props["events_page_size"]["default"] == 1000
     assert props["max_retries"]["default"] == 8
 
 

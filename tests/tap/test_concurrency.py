@@ -16,7 +16,13 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 from singer_sdk.exceptions import RetriableAPIError
-from singer_sdk.singerlib import RecordMessage
+from singer_sdk.singerlib import (
+    ActivateVersionMessage,
+    Message,
+    RecordMessage,
+    SchemaMessage,
+    StateMessage,
+)
 from singer_sdk.singerlib.encoding import SimpleSingerWriter
 from tap_lago import client, paging
 from tap_lago.date_windows import DateWindow
@@ -435,6 +441,30 @@ def test_record_lines_match_the_sdk_writer(record: dict[str, Any]) -> None:
         assert ours == sdk
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        SchemaMessage(
+            stream="customer_usage",
+            schema={"type": "object", "properties": {"a": {"type": ["null", "string"]}}},
+            key_properties=["a"],
+        ),
+        StateMessage(value={"bookmarks": {"fees": {"replication_key_value": None}}}),
+        ActivateVersionMessage(stream="plans", version=1764000000),
+        RecordMessage(stream="taxes", record={"a": None}, version=3),
+    ],
+    ids=operator.attrgetter("type"),
+)
+def test_other_lines_match_the_sdk_writer_byte_for_byte(message: Message) -> None:
+    """SCHEMA, STATE and ACTIVATE_VERSION lines (written without the SDK's deep copy) are
+    the SDK writer's, byte for byte, and leave the message as it was."""
+    before = message.to_dict()
+    assert LagoMessageWriter().serialize_message(message) == (
+        SimpleSingerWriter().serialize_message(message)
+    )
+    assert message.to_dict() == before
+
+
 def test_records_off_their_schema_still_get_the_sdk_conformance(
     sandbox_factory: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -450,3 +480,91 @@ def test_records_off_their_schema_still_get_the_sdk_conformance(
     assert len(result.records["customers"]) == 3
     assert all("not_in_the_schema" not in r for r in result.records["customers"])
     assert json.dumps(result.records["customers"])  # still plain JSON
+
+
+# First pages fetched ahead of their stream's turn ----------------------------------------
+
+
+def message_sequence(result: SyncResult) -> list[tuple[str, str | None]]:
+    """(type, stream) of every message but STATE, in order (records as their stream)."""
+    return [(m["type"], m.get("stream")) for m in result.messages if m["type"] != "STATE"]
+
+
+def test_first_pages_fetched_ahead_change_nothing_but_the_wait(
+    sandbox_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every stream's records, their order, the messages around them and the bookmarks are
+    those of a run that reads each page at its stream's turn; no request is made twice.
+
+    Pages fetched ahead: every stream's first, a parent's next ones (with their children's
+    requests), and further pages of the streams to sync next as streams start."""
+    sb = sandbox_factory(seed=SEED)
+    sb.set_faults([{"path": "/api/v1/", "fault": "latency", "delay_ms": 10}])
+    config = tap_config(sb, max_concurrency=4, start_date="2020-01-01T00:00:00Z")
+    skip = set(TapLago(config=config, parse_env_config=False).streams) - {
+        "taxes", "billable_metrics", "plans", "customers", "wallets", "wallet_transactions",
+        "subscriptions", "customer_usage", "credit_notes", "fees", "invoices", "gross_revenue",
+    }  # fmt: skip
+    streams = set(TapLago(config=config, parse_env_config=False).streams) - skip
+    real = TapLago.fetch_first_pages_ahead
+    monkeypatch.setattr(TapLago, "fetch_first_pages_ahead", lambda self, current: None)
+    sb.requests(clear=True)
+    at_their_turn = run_tap(config, streams=streams)
+    requests_at_their_turn = sorted(r["path"] for r in sb.requests(clear=True))
+
+    taken = []
+    real_attempt = paging.PagingStream._attempt
+
+    def attempt(self: Any, prepared: Any, context: Any) -> Any:
+        if context is None and self.prefetching and str(prepared.url) in self._prefetched:
+            page = int(parse_qs(urlsplit(str(prepared.url)).query).get("page", ["1"])[0])
+            taken.append((self.name, page))
+        return real_attempt(self, prepared, context)
+
+    monkeypatch.setattr(TapLago, "fetch_first_pages_ahead", real)
+    monkeypatch.setattr(paging.PagingStream, "_attempt", attempt)
+    ahead = run_tap(config, streams=streams)
+    requests_ahead = sorted(r["path"] for r in sb.requests(clear=True))
+    sb.set_faults([])
+
+    assert at_their_turn.records["fees"] and at_their_turn.records["credit_notes"]
+    for result in (at_their_turn, ahead):
+        result.records["invoices"].sort(key=operator.itemgetter("lago_id"))
+    assert ahead.records == at_their_turn.records
+    assert message_sequence(ahead) == message_sequence(at_their_turn)
+    assert ahead.last_state == at_their_turn.last_state
+    assert requests_ahead == requests_at_their_turn  # each first page asked for once
+    # The incremental streams too: their first request is worked out before their turn.
+    first = {"taxes", "plans", "subscriptions", "credit_notes", "fees", "invoices"}
+    assert first <= {name for name, page in taken if page == 1}
+    assert any(page > 1 for name, page in taken), "no page but the first was read ahead"
+
+
+def test_an_error_on_a_page_fetched_ahead_surfaces_at_its_streams_turn(
+    sandbox_factory: Any,
+) -> None:
+    """A stream refused for good (here: a key that may not read analytics) fails the run
+    only when its turn comes: every earlier stream is complete, its own output is empty."""
+    sb = sandbox_factory(seed={"seed": 5, "customers": 4, "events": 0})
+    sb.configure(premium=True, read_denied=["analytic"])
+    config = tap_config(sb, max_concurrency=4)
+    tap = TapLago(config=config, parse_env_config=False)
+    order = ["taxes", "customers", "coupons", "gross_revenue"]
+    for name, stream in tap.streams.items():
+        stream.selected = name in order
+    buf = io.StringIO()
+    sb.requests(clear=True)
+    with redirect_stdout(buf), pytest.raises(Exception, match="read_action_not_allowed") as exc:
+        tap.sync_all()
+    assert "gross_revenue" in str(exc.value)
+    result = SyncResult(parse_messages(buf.getvalue()), buf.getvalue())
+    dump = sb.dump()
+    for name in ("taxes", "customers"):
+        assert len(result.records[name]) == len(dump[name]) > 0, name
+    assert not any(
+        m.get("stream") == "gross_revenue"
+        for m in result.messages[1:]
+        if m["type"] in {"RECORD", "ACTIVATE_VERSION"}
+    )
+    analytics = [r for r in sb.requests() if r["path"].endswith("/analytics/gross_revenue")]
+    assert len(analytics) == 1  # fetched ahead, refused once, the error raised from it
