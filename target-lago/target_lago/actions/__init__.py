@@ -33,12 +33,12 @@ ACTIONS: dict[str, type[LagoSink]] = {
     for sink in (
         CustomersSink,
         SubscriptionsSink,
-        SubscriptionPlansSink,
         EventsSink,
         WalletsSink,
         WalletTransactionsSink,
         AppliedCouponsSink,
         OneOffInvoicesSink,
+        SubscriptionPlansSink,
         TaxesSink,
         BillableMetricsSink,
         FeaturesSink,
