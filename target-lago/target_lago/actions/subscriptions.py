@@ -8,9 +8,11 @@ pending one), after the events received before it have been delivered. A pending
 that follows another plan (a scheduled downgrade, `previous_plan_code`) is written after
 every other write, so the active subscription it follows is there first.
 
-A row with `plan_overrides`, or with the `plan` its subscription is billed on (tap-lago's
-`subscription_plans`), then gets those overrides (`PUT` with `plan_overrides`, premium)
-when the plan Lago bills it on differs (`plan_overrides.py`); a rerun sends nothing.
+A row with a `plan_overrides` column for a subscription Lago does not hold yet sends them
+with the post that creates it (premium: a refusal creates nothing). Otherwise a row with
+`plan_overrides`, or with the `plan` its subscription is billed on (tap-lago's
+`subscription_plans`), gets those overrides (`PUT` with `plan_overrides`) when the plan
+Lago bills it on differs (`plan_overrides.py`); a rerun sends nothing.
 """
 
 from __future__ import annotations
@@ -349,26 +351,32 @@ class SubscriptionsSink(OneByOneSink):
         if response.ok:
             return "delivered"
         if response.status == 403:
-            instead = (
-                "leave the plan_overrides column out"
-                if item.record.get("plan_overrides") is not None
-                else "deselect the subscription_plans stream"
-            )
-            self.reject(
-                item.record,
-                403,
-                response.error_code,
-                {"plan_overrides": [response.error_code or "feature_unavailable"]},
-                f"{item.key}: its plan differs from plan {item.payload['plan_code']!r} in "
-                f"{', '.join(changed)}, and Lago refused the overrides (HTTP 403 "
-                f"{response.error_code}): plan overrides need a premium licence in the "
-                f"organisation written to (or {instead} to keep Lago's plan); wanted "
-                f"{shown(body)}",
-                payload=item.payload,
-            )
+            self._refused(item, response, body, changed)
         else:
             self.reject_response(item, response, response.error_details or response.body)
         return None
+
+    def _refused(
+        self, item: Item, response: LagoResponse, body: Mapping[str, Any], changed: list[str]
+    ) -> None:
+        """Dead-letter a row whose plan overrides Lago refused (no premium licence)."""
+        instead = (
+            "leave the plan_overrides column out"
+            if item.record.get("plan_overrides") is not None
+            else "deselect the subscription_plans stream"
+        )
+        self.reject(
+            item.record,
+            403,
+            response.error_code,
+            {"plan_overrides": [response.error_code or "feature_unavailable"]},
+            f"{item.key}: its plan differs from plan {item.payload['plan_code']!r} in "
+            f"{', '.join(changed)}, and Lago refused the overrides (HTTP 403 "
+            f"{response.error_code}): plan overrides need a premium licence in the "
+            f"organisation written to (or {instead} to keep Lago's plan); wanted "
+            f"{shown(body)}",
+            payload=item.payload,
+        )
 
     def _before_its_active(self, item: Item, stored: list[dict]) -> bool:
         """Whether a row is a pending downgrade whose subscription is not live in Lago yet.
@@ -437,7 +445,19 @@ class SubscriptionsSink(OneByOneSink):
         those subscriptions unchanged is already present, whatever the clocks say.
         """
         client = self.lago.client
-        response = client.post(self.endpoint, b'{"subscription":' + item.data + b"}")
+        data = b'{"subscription":' + item.data + b"}"
+        try:
+            overrides = self._overrides_at_creation(item, before)
+        except Unmapped as exc:
+            self.reject(item.record, None, "value_is_invalid", exc.details, f"{item.key}: {exc}",
+                        payload=item.payload)  # fmt: skip
+            return None
+        if overrides:
+            data = encode({"subscription": {**item.payload, "plan_overrides": overrides[0]}})
+        response = client.post(self.endpoint, data)
+        if overrides and response.status == 403:
+            self._refused(item, response, *overrides)
+            return None
         if not response.ok:
             self.reject_response(item, response, response.error_details or response.body)
             return None
@@ -479,6 +499,27 @@ class SubscriptionsSink(OneByOneSink):
     def settle_ok(self, item: Item, response: LagoResponse) -> None:
         """Count a re-post that returned an older subscription as already present."""
         self.stats.add(self._posted(response))
+
+    def _overrides_at_creation(
+        self, item: Item, before: list[dict]
+    ) -> tuple[dict, list[str]] | None:
+        """A `plan_overrides` column (body, fields that differ) for the creating post.
+
+        Sent together, a refusal (no premium licence) creates nothing: the subscription is
+        never billed on the plan without its overrides. A subscription Lago holds already
+        gets its overrides compared and sent afterwards (`_override`).
+        """
+        if item.record.get("plan_overrides") is None:
+            return None
+        if any(s.get("status") == _state(item) for s in before):
+            return None
+        code = urllib.parse.quote(str(item.payload["plan_code"]), safe="")
+        response = self.lago.client.get(f"/plans/{code}")
+        plan = (response.body or {}).get("plan") if response.ok else None
+        if not isinstance(plan, Mapping):
+            return None  # no such plan: the post says so
+        body, changed = plan_overrides.pending(plan_overrides.wanted(item.record) or {}, plan)
+        return (body, changed) if body else None
 
     def _posted(self, response: LagoResponse) -> str:
         body = response.body if isinstance(response.body, dict) else {}
