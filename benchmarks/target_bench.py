@@ -493,7 +493,7 @@ def cloud_settings(budget: int) -> dict[str, t.Any]:
     """target-lago's settings for a budget: the defaults (95% of Lago Cloud's) or alike."""
     if budget == CLOUD_BUDGET:
         return {}
-    return {"max_requests_per_second": round(0.95 * budget, 2)}
+    return {"max_requests_per_second": int(0.95 * budget)}
 
 
 def run_base(plan: Plan, workdir: Path, files: dict[int, Path]) -> Base:
