@@ -184,10 +184,8 @@ def test_a_changed_price_updates_only_that_plan(
     assert new["team"] == old["team"]
 
 
-def test_a_change_lago_refuses_is_a_dead_letter_with_its_reason(
-    lago: Sandbox, config: dict, tmp_path: Path
-) -> None:
-    assert apply(tmp_path, PRICING, config).returncode == 0
+def subscribe_to_business(lago: Sandbox) -> None:
+    """Give plan `business` a subscription (Lago then keeps some of its fields)."""
     subscription = {"external_customer_id": "c1", "external_id": "s1", "plan_code": "business"}
     response = requests.post(
         f"{lago.url}/subscriptions",
@@ -196,6 +194,13 @@ def test_a_change_lago_refuses_is_a_dead_letter_with_its_reason(
         timeout=10,
     )
     assert response.status_code == 200, response.text
+
+
+def test_a_change_lago_refuses_is_a_dead_letter_with_its_reason(
+    lago: Sandbox, config: dict, tmp_path: Path
+) -> None:
+    assert apply(tmp_path, PRICING, config).returncode == 0
+    subscribe_to_business(lago)
 
     def change(catalog: dict) -> None:
         plan_of(catalog, "business")["interval"] = "monthly"
@@ -230,14 +235,7 @@ def test_a_charge_model_change_on_a_plan_with_subscriptions_names_the_field_and_
     lago: Sandbox, config: dict, tmp_path: Path
 ) -> None:
     assert apply(tmp_path, PRICING, config).returncode == 0
-    subscription = {"external_customer_id": "c1", "external_id": "s1", "plan_code": "business"}
-    response = requests.post(
-        f"{lago.url}/subscriptions",
-        json={"subscription": subscription},
-        headers={"Authorization": f"Bearer {lago.api_key}"},
-        timeout=10,
-    )
-    assert response.status_code == 200, response.text
+    subscribe_to_business(lago)
 
     def regraduate(catalog: dict) -> None:
         seats = next(c for c in plan_of(catalog, "business")["charges"]
