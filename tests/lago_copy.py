@@ -36,13 +36,15 @@ BALANCE = "25.0"
 def organisations(factory: Callable[..., Sandbox]) -> tuple[Sandbox, Sandbox]:
     """A seeded premium organisation and an empty premium one.
 
-    The source has one active wallet holding credits and one active subscription with
-    plan overrides (its price, and its first charge's display name and properties).
+    The source has one active wallet holding credits, one active subscription with plan
+    overrides (its price, and its first charge's display name and properties) and one
+    scheduled downgrade with plan overrides (its price and name).
     """
     source, destination = factory(seed=SOURCE_SEED), factory(seed=EMPTY)
     source.configure(premium=True)
     destination.configure(premium=True)
     override(source)
+    override_downgrade(source)
     wallet = next(w for w in source.dump()["wallets"] if w["status"] == "active")
     source.upsert("wallets", {
         "lago_id": wallet["lago_id"], "credits_balance": BALANCE, "balance": BALANCE,
@@ -51,19 +53,41 @@ def organisations(factory: Callable[..., Sandbox]) -> tuple[Sandbox, Sandbox]:
     return source, destination
 
 
+def _request(org: Sandbox, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = requests.request(
+        method,
+        f"{org.url}{path}",
+        json=body,
+        headers={"Authorization": f"Bearer {org.api_key}"},
+        timeout=30,
+    )
+    response.raise_for_status()
+    return dict(response.json())
+
+
 def override(org: Sandbox) -> dict[str, Any]:
-    """Give one active subscription on a plan with charges its own plan; returns it."""
+    """Give one active subscription on a plan with charges its own plan; returns it.
+
+    Its plan gains a fixed charge first; the overrides change the price and name, the
+    first charge, the fixed charge's units and display name, and the usage thresholds.
+    """
     data = org.dump()
     plans = {p["code"]: p for p in data["plans"] if p.get("charges")}
     sub = next(
         s for s in data["subscriptions"] if s["status"] == "active" and s["plan_code"] in plans
     )
+    plan = _request(org, "PUT", f"/plans/{sub['plan_code']}", {"plan": {"fixed_charges": [
+        {"add_on_code": data["add_ons"][0]["code"], "charge_model": "standard",
+         "properties": {"amount": "10"}, "units": 1}]}})["plan"]  # fmt: skip
     charge = plans[sub["plan_code"]]["charges"][0]
     overrides = {
         "amount_cents": 12345,
         "name": "Negotiated",
         "charges": [{"id": charge["lago_id"], "invoice_display_name": "Negotiated usage",
                      "properties": charge["properties"]}],
+        "fixed_charges": [{"id": plan["fixed_charges"][0]["lago_id"], "units": 3,
+                           "invoice_display_name": "Negotiated seats"}],
+        "usage_thresholds": [{"amount_cents": 50000, "threshold_display_name": "Negotiated"}],
     }  # fmt: skip
     response = requests.put(
         f"{org.url}/subscriptions/{sub['external_id']}",
@@ -73,6 +97,18 @@ def override(org: Sandbox) -> dict[str, Any]:
     )
     response.raise_for_status()
     return dict(response.json()["subscription"])
+
+
+def override_downgrade(org: Sandbox) -> dict[str, Any]:
+    """Give one scheduled downgrade (pending, `previous_plan_code`) its own plan; returns it."""
+    sub = next(
+        s for s in org.dump()["subscriptions"]
+        if s["status"] == "pending" and s.get("previous_plan_code")
+    )  # fmt: skip
+    overrides = {"amount_cents": 777, "name": "Downgraded"}
+    path = f"/subscriptions/{sub['external_id']}?status=pending"
+    return dict(_request(org, "PUT", path, {"subscription": {"plan_overrides": overrides}})[
+        "subscription"])  # fmt: skip
 
 
 def copy_settings() -> dict[str, Any]:

@@ -70,6 +70,9 @@ class LagoSink(BatchSink):
     self_parsed: t.ClassVar[tuple[str, ...]] = ()
     #: Whether the `partition` setting can split the stream between processes (events).
     partitioned: t.ClassVar[bool] = False
+    #: Whether its deferred records wait for every other sink's (rows that change what
+    #: another sink's deferred rows create).
+    deferred_last: t.ClassVar[bool] = False
 
     def __init__(
         self,

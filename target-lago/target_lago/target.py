@@ -908,14 +908,21 @@ class TargetLago(Target):
         self._deferred.append((sink, item))
 
     def run_deferred(self) -> None:
-        """Write the held records, each key's in order, different keys in parallel."""
+        """Write the held records, each key's in order, different keys in parallel.
+
+        The records of a sink with `deferred_last` go once every other one is written.
+        """
         if not self._deferred:
             return
         held, self._deferred = self._deferred, []
-        groups: dict[tuple[int, str], tuple[LagoSink, list[Item]]] = {}
-        for sink, item in held:
-            groups.setdefault((id(sink), item.key), (sink, []))[1].append(item)
-        self.inflight.run_all(lambda group: group[0].deliver_deferred(group[1]), groups.values())
+        for last in (False, True):
+            groups: dict[tuple[int, str], tuple[LagoSink, list[Item]]] = {}
+            for sink, item in held:
+                if sink.deferred_last is last:
+                    groups.setdefault((id(sink), item.key), (sink, []))[1].append(item)
+            self.inflight.run_all(
+                lambda group: group[0].deliver_deferred(group[1]), groups.values()
+            )
 
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
         # The SDK's handler drains and writes STATE, which can wait minutes (a 429 pause)

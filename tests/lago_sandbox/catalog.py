@@ -1034,7 +1034,7 @@ def _box(store: Store) -> JsonObj:
                 entitlements.setdefault(plan_id, {})[row["code"]] = values
         box = (
             store.tables,
-            {"features": features, "entitlements": entitlements, "overrides": {}},
+            {"features": features, "entitlements": entitlements, "overrides": {}, "units": {}},
         )
         store._catalog_box = box  # type: ignore[attr-defined]
     return box[1]
@@ -1352,6 +1352,52 @@ def _override_fields(store: Store, plan: JsonObj, given: JsonObj) -> None:
         _commitment(plan, given["minimum_commitment"], store)
 
 
+def _override_fixed_charge(store: Store, fixed: JsonObj, given: JsonObj) -> None:
+    """A fixed charge's overridable parts (``FixedCharges::OverrideService``): the keys given."""
+    if "invoice_display_name" in given:
+        fixed["invoice_display_name"] = given.get("invoice_display_name")
+    if "units" in given:
+        fixed["units"] = _fixed_units(given["units"])
+    if "properties" in given:
+        fixed["properties"] = _properties(fixed["charge_model"], given.get("properties"))
+    if isinstance(given.get("tax_codes"), list):
+        fixed["taxes"] = _taxes(store, given["tax_codes"])
+
+
+UNITS_ONLY = frozenset({"id", "units", "apply_units_immediately"})
+
+
+def _fixed_overrides(plan: JsonObj, given: JsonObj) -> list[JsonObj]:
+    """``plan_overrides.fixed_charges``, each naming one of ``plan`` by (parent) ``id``.
+
+    One naming none is 404 ``fixed_charge_not_found``.
+    """
+    items = _list_of_dicts(given.get("fixed_charges") or [], "fixed_charges")
+    held = plan.get("fixed_charges") or []
+    for item in items:
+        if not any(item.get("id") in (f["lago_id"], f.get("lago_parent_id")) for f in held):
+            raise not_found("fixed_charge")
+    return items
+
+
+def check_overrides(store: Store, plan_code: Any, given: Any) -> None:
+    """Refuse, before a subscription is created, overrides its plan cannot take."""
+    if not isinstance(given, dict):
+        raise unprocessable({"plan_overrides": ["value_is_invalid"]})
+    plan = store.find_one("plans", code=plan_code)
+    if plan is not None:
+        _fixed_overrides(plan, given)
+
+
+def _units_only(given: JsonObj) -> bool:
+    fixed = given.get("fixed_charges")
+    return (
+        set(given) == {"fixed_charges"}
+        and isinstance(fixed, list)
+        and all(isinstance(f, dict) and set(f) <= UNITS_ONLY for f in fixed)
+    )
+
+
 def override_plan(store: Store, sub: JsonObj, given: Any) -> None:
     """``plan_overrides`` of a subscription (licensed; the caller checks the licence).
 
@@ -1360,13 +1406,31 @@ def override_plan(store: Store, sub: JsonObj, given: Any) -> None:
     ``lago_parent_id`` naming the plan's charge and the overrides of the charge whose
     ``id`` is that charge's; unknown ids are ignored. Later calls update that plan
     (``Plans::UpdateService``): charges matched by their own ``id`` (or their parent's),
-    charges not named are removed when ``charges`` is given. The subscription's
-    ``plan_amount_cents`` and ``plan_amount_currency`` follow its plan.
+    charges not named are removed when ``charges`` is given; fixed charges likewise. A
+    units-only ``fixed_charges`` override keeps the units for the subscription instead.
+    The subscription's ``plan_amount_cents`` and ``plan_amount_currency`` follow its plan.
     """
     if not isinstance(given, dict):
         raise unprocessable({"plan_overrides": ["value_is_invalid"]})
+    if isinstance(given.get("usage_thresholds"), list):
+        _thresholds(given["usage_thresholds"], store)  # 422 before anything changes
     charges = _list_of_dicts(given.get("charges") or [], "charges")
     overrides = _box(store)["overrides"]
+    held = plan_of(store, sub) or {}
+    fixed = _fixed_overrides(held, given)
+    if _units_only(given):
+        units = _box(store)["units"].setdefault(sub["lago_id"], {})
+        for item in fixed:
+            found = next(
+                f for f in held.get("fixed_charges") or []
+                if item.get("id") in (f["lago_id"], f.get("lago_parent_id"))
+            )  # fmt: skip
+            units[found.get("lago_parent_id") or found["lago_id"]] = _fixed_units(
+                item.get("units")
+            )
+        store.changed("subscriptions", sub)
+        return
+    units = _box(store)["units"].get(sub["lago_id"]) or {}
     plan = overrides.get(sub["lago_id"])
     if plan is None:
         parent = _find(store, "plans", sub["plan_code"], "plan")
@@ -1380,10 +1444,17 @@ def override_plan(store: Store, sub: JsonObj, given: Any) -> None:
             mine["lago_parent_id"] = charge["lago_id"]
             _override_charge(store, mine, by_id.get(charge["lago_id"], {}))
             plan["charges"].append(mine)
-        for fixed in plan.get("fixed_charges") or []:
-            fixed.update({"lago_id": o.new_lago_id(), "lago_parent_id": fixed["lago_id"]})
+        for own in plan.get("fixed_charges") or []:
+            own.update({"lago_id": o.new_lago_id(), "lago_parent_id": own["lago_id"]})
+            own["units"] = units.get(own["lago_parent_id"], own.get("units"))
+            item = next((f for f in fixed if f.get("id") == own["lago_parent_id"]), {})
+            _override_fixed_charge(store, own, item)
+        if isinstance(given.get("usage_thresholds"), list):
+            plan["usage_thresholds"] = _thresholds(given["usage_thresholds"], store)
     else:
         plan = copy.deepcopy(plan)
+        for own in plan.get("fixed_charges") or []:
+            own["units"] = units.get(own.get("lago_parent_id") or own["lago_id"], own["units"])
         if given.get("charges") is not None:
             kept = []
             for item in charges:
@@ -1399,7 +1470,20 @@ def override_plan(store: Store, sub: JsonObj, given: Any) -> None:
                     _override_charge(store, found, item)
                     kept.append(found)
             plan["charges"] = kept
+        if given.get("fixed_charges") is not None:
+            kept = []
+            for item in fixed:
+                found = next(
+                    f for f in plan.get("fixed_charges") or []
+                    if item.get("id") in (f["lago_id"], f.get("lago_parent_id"))
+                )  # fmt: skip
+                _override_fixed_charge(store, found, item)
+                kept.append(found)
+            plan["fixed_charges"] = kept
+        if isinstance(given.get("usage_thresholds"), list):
+            plan["usage_thresholds"] = _thresholds(given["usage_thresholds"], store)
     _override_fields(store, plan, given)
+    _box(store)["units"].pop(sub["lago_id"], None)  # in its plan now
     overrides[sub["lago_id"]] = plan
     sub["plan_amount_cents"] = plan.get("amount_cents", 0)
     sub["plan_amount_currency"] = plan.get("amount_currency")
@@ -1408,8 +1492,18 @@ def override_plan(store: Store, sub: JsonObj, given: Any) -> None:
 
 def plan_of(store: Store, sub: JsonObj) -> JsonObj | None:
     """The plan a subscription is billed on: its own when overridden, else its plan's."""
-    own = _box(store)["overrides"].get(sub.get("lago_id"))
-    return own if own is not None else store.find_one("plans", code=sub.get("plan_code"))
+    box = _box(store)
+    own = box["overrides"].get(sub.get("lago_id"))
+    plan = own if own is not None else store.find_one("plans", code=sub.get("plan_code"))
+    units = box["units"].get(sub.get("lago_id"))
+    if plan is None or not units:
+        return plan
+    shown = dict(plan)
+    shown["fixed_charges"] = [
+        {**f, "units": units.get(f.get("lago_parent_id") or f["lago_id"], f.get("units"))}
+        for f in plan.get("fixed_charges") or []
+    ]
+    return shown
 
 
 def overridden_plans_of(store: Store) -> list[JsonObj]:
@@ -1447,6 +1541,7 @@ def entitlements_of(store: Store) -> dict[str, list[JsonObj]]:
 __all__ = [
     "ROUTES",
     "ApiError",
+    "check_overrides",
     "entitlements_of",
     "features_of",
     "overridden_plans_of",

@@ -32,6 +32,7 @@ from tests.lago_sandbox.store import (
     not_allowed,
     not_found,
     page_window,
+    unprocessable,
 )
 from tests.lago_sandbox.store import dumps as _dumps
 
@@ -446,7 +447,7 @@ def post_event(ctx: RequestContext) -> bytes:
 @_route("POST", "/events/batch")
 def post_events_batch(ctx: RequestContext) -> bytes:
     """``POST /events/batch`` (atomic, at most 100)."""
-    from tests.lago_sandbox.store import EVENTS_BATCH_MAX, unprocessable
+    from tests.lago_sandbox.store import EVENTS_BATCH_MAX
 
     body = ctx.json_body()
     events = body.get("events") if isinstance(body, dict) else None
@@ -535,6 +536,12 @@ def _overrider(ctx: RequestContext, payload: JsonObj) -> Callable[[JsonObj], Non
     """How ``plan_overrides`` apply: only with a premium licence (None: 403)."""
     if not ctx.state.settings.get("premium"):
         return None
+    given = payload.get("plan_overrides")
+    if given:
+        if "usage_thresholds" in payload and "usage_thresholds" in given:
+            raise unprocessable({"plan_overrides.usage_thresholds": ["incompatible_params"],
+                                 "usage_thresholds": ["incompatible_params"]})  # fmt: skip
+        catalog.check_overrides(ctx.store, payload.get("plan_code"), given)
     return lambda sub: catalog.override_plan(ctx.store, sub, payload.get("plan_overrides"))
 
 

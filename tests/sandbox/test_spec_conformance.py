@@ -563,6 +563,38 @@ def test_subscription_writes(proxy: Proxy, org: dict[str, list[dict]]) -> None:
         proxy.call("PUT", "/subscriptions/{external_id}", "/subscriptions/sw-3", body=update)
         proxy.call("GET", "/subscriptions/{external_id}", "/subscriptions/sw-3")
         proxy.call("GET", "/subscriptions", params={"external_customer_id": "sw-cust"})
+        # Fixed charges (units-only first: no plan of its own) and usage thresholds.
+        plan = {
+            "name": "Seats", "code": "sw-seats", "interval": "monthly", "amount_cents": 0,
+            "amount_currency": priced["amount_currency"],
+            "fixed_charges": [{"add_on_code": org["add_ons"][0]["code"], "units": 1,
+                               "charge_model": "standard", "properties": {"amount": "10"}}],
+        }  # fmt: skip
+        fixed = proxy.call("POST", "/plans", body={"plan": plan})["plan"]["fixed_charges"][0]
+        seats = {"subscription": {**base, "external_id": "sw-4", "plan_code": "sw-seats"}}
+        proxy.call("POST", "/subscriptions", body=seats)
+        units = {"subscription": {"ending_at": None, "plan_overrides": {"fixed_charges": [
+            {"id": fixed["lago_id"], "units": 5, "apply_units_immediately": True}]}}}  # fmt: skip
+        openapi_spec.validate_object("SubscriptionUpdateInput", units)
+        proxy.call("PUT", "/subscriptions/{external_id}", "/subscriptions/sw-4", body=units)
+        shown = proxy.call("GET", "/subscriptions/{external_id}", "/subscriptions/sw-4")
+        assert shown["subscription"]["plan"]["fixed_charges"][0]["units"] == 5
+        assert "sw-4" not in {o["external_subscription_id"]
+                              for o in proxy.sandbox.dump().get("overridden_plans", [])}
+        whole = {"subscription": {"ending_at": None, "plan_overrides": {
+            "fixed_charges": [{"id": fixed["lago_id"], "invoice_display_name": "Own seats"}],
+            "usage_thresholds": [{"amount_cents": 5000, "threshold_display_name": "Half"}],
+        }}}  # fmt: skip
+        openapi_spec.validate_object("SubscriptionUpdateInput", whole)
+        proxy.call("PUT", "/subscriptions/{external_id}", "/subscriptions/sw-4", body=whole)
+        shown = proxy.call("GET", "/subscriptions/{external_id}", "/subscriptions/sw-4")
+        [own] = shown["subscription"]["plan"]["fixed_charges"]
+        plan_id = priced["lago_id"]  # not a fixed charge
+        assert (own["units"], own["invoice_display_name"]) == (5, "Own seats")
+        assert shown["subscription"]["plan"]["usage_thresholds"][0]["amount_cents"] == 5000
+        unknown = {"subscription": {"plan_overrides": {"fixed_charges": [{"id": plan_id}]}}}
+        proxy.call("PUT", "/subscriptions/{external_id}", "/subscriptions/sw-4", status=404,
+                   body=unknown, tolerate=(UNDECLARED_STATUS,))  # fmt: skip
     finally:
         proxy.sandbox.configure(premium=False)
     proxy.assert_clean()

@@ -79,9 +79,14 @@ def test_tap_lago_into_target_lago_copies_an_organisation(
     assert any(c["metadata"] for c in first["customers"])  # compared with the rest above
     assert first["entitlements"] and first["features"]  # compared with the rest above
     # The overridden subscription has its own plan in the copy too (compared above).
-    [own] = first["overridden_plans"]
+    # So has the scheduled downgrade, applied once the subscription it follows is there.
+    own, pending = sorted(first["overridden_plans"], key=lambda o: o["status"])
     assert (own["plan"]["amount_cents"], own["plan"]["name"]) == (12345, "Negotiated")
     assert own["plan"]["charges"][0]["invoice_display_name"] == "Negotiated usage"
+    [fixed] = own["plan"]["fixed_charges"]
+    assert (fixed["units"], fixed["invoice_display_name"]) == (3, "Negotiated seats")
+    assert [t["amount_cents"] for t in own["plan"]["usage_thresholds"]] == [50000]
+    assert (pending["status"], pending["plan"]["amount_cents"]) == ("pending", 777)
 
     # The same copy again changes nothing.
     stderr = pipe(tmp_path, source, settings)

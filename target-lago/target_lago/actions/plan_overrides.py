@@ -13,9 +13,10 @@ ones update it). A record asks for overrides in one of two ways:
 `pending(wanted, stored)` compares with the plan Lago bills the subscription on and gives
 the `plan_overrides` to send, or nothing when Lago already holds them: a rerun sends
 nothing. Overridable parts: name, invoice_display_name, description, amount_cents,
-amount_currency, trial_period, tax_codes, minimum_commitment and each charge's
-invoice_display_name, min_amount_cents, properties, filters and tax_codes. Fixed charges
-and usage thresholds are not compared (README "Copying an organisation").
+amount_currency, trial_period, tax_codes, minimum_commitment, usage_thresholds, each
+charge's invoice_display_name, min_amount_cents, properties, filters and tax_codes, and
+each fixed charge's invoice_display_name, units, properties and tax_codes (named by `id`,
+or by `code` or `add_on_code`).
 """
 
 from __future__ import annotations
@@ -33,12 +34,20 @@ from target_lago.actions.catalog import (
     text,
     whole,
 )
-from target_lago.actions.plans import charge_filters, commitment, match, properties
+from target_lago.actions.plans import (
+    charge_filters,
+    commitment,
+    listed,
+    match,
+    properties,
+    threshold,
+)
 
 PLAN_FIELDS = ("name", "invoice_display_name", "description", "amount_cents",
                "amount_currency", "trial_period")  # fmt: skip
 CHARGE_FIELDS = ("invoice_display_name", "min_amount_cents", "properties", "filters",
                  "tax_codes")  # fmt: skip
+FIXED_FIELDS = ("invoice_display_name", "units", "properties", "tax_codes")
 
 
 def from_plan(plan: Mapping[str, Any]) -> dict:
@@ -58,6 +67,21 @@ def from_plan(plan: Mapping[str, Any]) -> dict:
         }
         for c in plan.get("charges") or []
         if isinstance(c, Mapping)
+    ]
+    out["fixed_charges"] = [
+        {
+            "code": f.get("code"),
+            "add_on_code": f.get("add_on_code"),
+            **{k: f[k] for k in FIXED_FIELDS if k in f},
+            "tax_codes": codes(f, "tax_codes", "taxes") or [],
+        }
+        for f in plan.get("fixed_charges") or []
+        if isinstance(f, Mapping)
+    ]
+    out["usage_thresholds"] = [
+        {k: t.get(k) for k in ("threshold_display_name", "amount_cents", "recurring")}
+        for t in plan.get("usage_thresholds") or []
+        if isinstance(t, Mapping)
     ]
     return out
 
@@ -150,7 +174,85 @@ def pending(
         )
         body["charges"] = charges
         changed += charge_changes
+    if want.get("fixed_charges") is not None:
+        fixed, fixed_changes = _fixed_charges(
+            want["fixed_charges"], stored.get("fixed_charges") or [], whole_plan=whole_plan
+        )
+        body["fixed_charges"] = fixed
+        changed += fixed_changes
+    if want.get("usage_thresholds") is not None:
+        field = "plan_overrides.usage_thresholds"
+        limits = listed(want["usage_thresholds"], field, threshold)
+        held_limits = listed(stored.get("usage_thresholds") or [], "usage_thresholds", threshold)
+        body["usage_thresholds"] = limits
+        if pairs(limits) != pairs(held_limits):
+            changed.append("usage_thresholds")
     return (body if changed else {}), changed
+
+
+def _fixed_part(key: str, value: Any, field: str) -> Any:
+    if key == "invoice_display_name":
+        return text(value)
+    if key == "units":
+        return numeric(value or 0, field)
+    if key == "properties":
+        return properties(value, field)
+    return value
+
+
+def _fixed_charges(
+    given: Any, held: list[Any], *, whole_plan: bool
+) -> tuple[list[dict], list[str]]:
+    """The fixed charges to send, each with its id in Lago, and the ones that differ.
+
+    Matched by `id` (their own or their parent's), else `code`, else the n-th on the
+    same add-on.
+    """
+    field = "plan_overrides.fixed_charges"
+    if not isinstance(given, list) or not all(isinstance(f, Mapping) for f in given):
+        raise Unmapped(field, f"'{field}' must be a list")
+    held = [f for f in held if isinstance(f, Mapping)]
+    by_id = {}
+    for f in held:
+        by_id[f.get("lago_id")] = f
+        if f.get("lago_parent_id"):
+            by_id[f["lago_parent_id"]] = f
+    unnamed = [{**f, "add_on_code": str(f.get("add_on_code"))} for f in given if not f.get("id")]
+    ids = iter(match(unnamed, held, "add_on_code"))
+    out, changed = [], []
+    for index, f in enumerate(given):
+        field = f"plan_overrides.fixed_charges[{index}]"
+        if f.get("id"):
+            found = by_id.get(f["id"])
+        else:
+            lago_id = next(ids)
+            found = next((h for h in held if h.get("lago_id") == lago_id), None)
+        if found is None:
+            name = f.get("id") or f.get("code") or f.get("add_on_code")
+            raise Unmapped(
+                field,
+                f"'{field}' names fixed charge {name!r}, which the subscription's plan does "
+                "not have (name it by id, code or add_on_code of a fixed charge of the plan)",
+            )
+        sent = {"id": found.get("lago_id")}
+        mine: dict[str, Any] = {}
+        theirs: dict[str, Any] = {}
+        for key in FIXED_FIELDS:
+            if key in f:
+                sent[key] = f[key]
+                held_value = (
+                    codes(found, "tax_codes", "taxes") or []
+                    if key == "tax_codes"
+                    else found.get(key)
+                )
+                mine[key] = _fixed_part(key, f[key], f"{field}.{key}")
+                theirs[key] = _fixed_part(key, held_value, f"{field}.{key}")
+        if differences(mine, theirs):
+            changed.append(f"fixed_charges[{index}]")
+        out.append(sent)
+    if whole_plan and len({s["id"] for s in out}) != len(held):
+        changed.append("fixed_charges")
+    return out, changed
 
 
 def _charges(given: Any, held: list[Any], *, whole_plan: bool) -> tuple[list[dict], list[str]]:
