@@ -854,6 +854,21 @@ def _monthly(payload: JsonObj, key: str) -> bool | None:
     return bool(payload.get(key) or False)
 
 
+def _currency_and_trial(payload: JsonObj, errors: JsonObj) -> JsonObj:
+    """A plan's `amount_currency` and `trial_period`, as given (plan writes and overrides)."""
+    fields: JsonObj = {}
+    if "amount_currency" in payload:
+        if payload["amount_currency"] not in CURRENCIES:
+            errors["amount_currency"] = ["value_is_invalid"]
+        fields["amount_currency"] = payload["amount_currency"]
+    if "trial_period" in payload:
+        trial = _decimal(payload["trial_period"] or 0)
+        if trial is None:
+            errors["trial_period"] = ["value_is_invalid"]
+        fields["trial_period"] = float(trial or 0)
+    return fields
+
+
 def _plan_terms(payload: JsonObj, errors: JsonObj) -> JsonObj:
     """What a plan with subscriptions keeps: code, interval, billing, currency, trial."""
     fields: JsonObj = {}
@@ -865,15 +880,7 @@ def _plan_terms(payload: JsonObj, errors: JsonObj) -> JsonObj:
         fields["interval"] = payload["interval"]
     if "pay_in_advance" in payload:
         fields["pay_in_advance"] = bool(payload["pay_in_advance"])
-    if "amount_currency" in payload:
-        if payload["amount_currency"] not in CURRENCIES:
-            errors["amount_currency"] = ["value_is_invalid"]
-        fields["amount_currency"] = payload["amount_currency"]
-    if "trial_period" in payload:
-        trial = _decimal(payload["trial_period"] or 0)
-        if trial is None:
-            errors["trial_period"] = ["value_is_invalid"]
-        fields["trial_period"] = float(trial or 0)
+    fields.update(_currency_and_trial(payload, errors))
     fields["bill_charges_monthly"] = _monthly(payload, "bill_charges_monthly")
     fields["bill_fixed_charges_monthly"] = _monthly(payload, "bill_fixed_charges_monthly")
     return fields
@@ -1337,15 +1344,7 @@ def _override_charge(store: Store, charge: JsonObj, given: JsonObj) -> None:
 def _override_fields(store: Store, plan: JsonObj, given: JsonObj) -> None:
     errors: JsonObj = {}
     fields = _plan_basics(store, {k: v for k, v in given.items() if k != "metadata"}, errors)
-    if "amount_currency" in given:
-        if given["amount_currency"] not in CURRENCIES:
-            errors["amount_currency"] = ["value_is_invalid"]
-        fields["amount_currency"] = given["amount_currency"]
-    if "trial_period" in given:
-        trial = _decimal(given["trial_period"] or 0)
-        if trial is None:
-            errors["trial_period"] = ["value_is_invalid"]
-        fields["trial_period"] = float(trial or 0)
+    fields.update(_currency_and_trial(given, errors))
     _fail(errors)
     plan.update(fields)
     if given.get("minimum_commitment") is not None:

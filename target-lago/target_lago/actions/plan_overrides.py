@@ -58,32 +58,28 @@ def from_plan(plan: Mapping[str, Any]) -> dict:
     out["minimum_commitment"] = (
         commitment(held, "plan.minimum_commitment") if isinstance(held, Mapping) else {}
     )
-    out["charges"] = [
-        {
-            "code": c.get("code"),
-            "billable_metric_code": c.get("billable_metric_code"),
-            **{k: c[k] for k in CHARGE_FIELDS if k in c},
-            "tax_codes": codes(c, "tax_codes", "taxes") or [],
-        }
-        for c in plan.get("charges") or []
-        if isinstance(c, Mapping)
-    ]
-    out["fixed_charges"] = [
-        {
-            "code": f.get("code"),
-            "add_on_code": f.get("add_on_code"),
-            **{k: f[k] for k in FIXED_FIELDS if k in f},
-            "tax_codes": codes(f, "tax_codes", "taxes") or [],
-        }
-        for f in plan.get("fixed_charges") or []
-        if isinstance(f, Mapping)
-    ]
+    out["charges"] = _parts(plan, "charges", "billable_metric_code", CHARGE_FIELDS)
+    out["fixed_charges"] = _parts(plan, "fixed_charges", "add_on_code", FIXED_FIELDS)
     out["usage_thresholds"] = [
         {k: t.get(k) for k in ("threshold_display_name", "amount_cents", "recurring")}
         for t in plan.get("usage_thresholds") or []
         if isinstance(t, Mapping)
     ]
     return out
+
+
+def _parts(plan: Mapping[str, Any], key: str, named_by: str, fields: Any) -> list[dict]:
+    """A plan's charges or fixed charges as overrides name them (code, what they bill)."""
+    return [
+        {
+            "code": part.get("code"),
+            named_by: part.get(named_by),
+            **{k: part[k] for k in fields if k in part},
+            "tax_codes": codes(part, "tax_codes", "taxes") or [],
+        }
+        for part in plan.get(key) or []
+        if isinstance(part, Mapping)
+    ]
 
 
 def wanted(record: Mapping[str, Any]) -> dict | None:
