@@ -18,8 +18,10 @@ Response bodies are parsed by :mod:`tap_lago.parsing`.
 
 from __future__ import annotations
 
+import functools
 import typing as t
 
+from singer_sdk import Stream
 from singer_sdk.helpers.conform import TypeConformanceLevel
 from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.schema.source import SchemaDirectory, StreamSchema
@@ -37,10 +39,10 @@ from tap_lago.replication import (
     parse_datetime,
 )
 from tap_lago.transport import ListRefusedError, ParentGoneError, PremiumOnlyError
-from tap_lago.writer import LagoMessageWriter, conformance_check
+from tap_lago.writer import LagoMessageWriter, conformance_check, value_conformance
 
 if t.TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Generator, Iterable
 
     from singer_sdk.helpers.types import Context
 
@@ -60,6 +62,10 @@ __all__ = [
 ]
 
 SCHEMAS = SchemaDirectory(schemas)
+#: Switch for tests comparing both loops (False: every stream takes the SDK's loop).
+PLAIN_LOOP = True
+#: Records between two updates of the SDK's record counter in the plain loop.
+COUNT_EVERY = 100
 
 
 class LagoStream(ReplicationStream):
@@ -96,9 +102,14 @@ class LagoStream(ReplicationStream):
         self, row: dict[str, t.Any], context: Context | None = None
     ) -> dict[str, t.Any] | None:
         """Exact decimals, unknown fields kept, no null key (:mod:`tap_lago.records`)."""
+        return self.shaper.shape(row)
+
+    @property
+    def shaper(self) -> RecordShaper:
+        """The stream's record shaper (made on first use)."""
         if self._shaper is None:
             self._shaper = RecordShaper(self.name, self.schema, self.logger, self.key_stand_ins)
-        return self._shaper.shape(row)
+        return self._shaper
 
     def generate_child_contexts(
         self, record: dict[str, t.Any], context: Context | None
@@ -117,6 +128,103 @@ class LagoStream(ReplicationStream):
         if isinstance(progress, Progress) and progress.streams:
             for line in ["Sync summary:", *progress.table()]:
                 self._tap.logger.info("%s", line)
+
+    # The per-record loop ----------------------------------------------------------------
+
+    def _sync_records(
+        self, context: Context | None = None, *, write_messages: bool = True
+    ) -> Generator[dict[str, t.Any], t.Any, t.Any]:
+        """The SDK's loop, or for a plain stream `_sync_plain` (the same output, less work).
+
+        Returns the chosen generator itself (one generator less to resume per record).
+        """
+        if write_messages and context is None and self._plain_loop():
+            return self._sync_plain()
+        return super()._sync_records(context, write_messages=write_messages)
+
+    def _plain_loop(self) -> bool:
+        """Whether a record needs nothing of the SDK's loop beyond what `_sync_plain` does.
+
+        A top-level stream without partitions or children, selected, with no record limit,
+        whose records the fast writer takes, and whose per-record hooks are this module's.
+        """
+        cls = type(self)
+        return (
+            PLAIN_LOOP
+            and self.selected
+            and not self.partitions
+            and not self.child_streams
+            and self.parent_stream_type is None
+            and self.ABORT_AT_RECORD_COUNT is None
+            and cls._process_record is Stream._process_record
+            and cls._write_record_message is LagoStream._write_record_message
+            and self._fast_record_path() is not None
+        )
+
+    def _sync_plain(self) -> Generator[dict[str, t.Any], None, None]:
+        """`Stream._sync_records` without a context, for a plain stream (`_plain_loop`).
+
+        What the SDK does per record that changes nothing here is left out: partition
+        keys (none), child contexts (none), the bookmark of a stream read in time
+        windows (moved per window). Each record is post-processed, written (by the fast
+        writer when it conforms, else the SDK's way), moves the bookmark, and is counted;
+        a STATE follows every ``STATE_MSG_FREQUENCY`` records and the stream's end, as
+        in the SDK's loop.
+        """
+        conforms_fully = t.cast("tuple[t.Any, Callable[..., bool]]", self._fast_path)[1]
+        write = t.cast("LagoMessageWriter", self._tap.message_writer).record_writer(
+            self.name, self._stream_version
+        )
+        shape: Callable[[dict[str, t.Any]], dict[str, t.Any] | None]
+        conforms: Callable[[dict[str, t.Any]], bool] | None = conforms_fully
+        shaper = self.shaper
+        if type(self).post_process is LagoStream.post_process:
+            shape = shaper.shape
+            schema = self.effective_schema
+            if not shaper.open and shaper.declared == frozenset(schema.get("properties") or {}):
+                # The shaper leaves only declared fields: the values alone need a look.
+                conforms = value_conformance(schema)
+        else:
+            shape = functools.partial(self.post_process, context=None)
+        write_other = super()._write_record_message
+        # Streams read in time windows move their bookmark per window: nothing per record.
+        windowed = type(self)._increment_stream_state is TimeWindows._increment_stream_state
+        increment = None if windowed else self._increment_stream_state
+        manager = self.state_manager
+        every = self.STATE_MSG_FREQUENCY
+        counter, timer = self.get_record_counter(), self.get_sync_timer()
+        with counter, timer:
+            counter.with_context({})
+            timer.with_context({})
+            partition = self._get_state_partition_context(None)
+            self._write_starting_replication_value(None)
+            index = uncounted = 0
+            try:
+                for row in self.get_records(None):
+                    record = shape(row)
+                    if record is None:
+                        continue
+                    if conforms is None or conforms(record):
+                        write(record)
+                        manager.is_flushed = False
+                    else:
+                        write_other(record)
+                    if increment is not None:
+                        increment(record, context=None)
+                    index += 1
+                    if index % every == 0:
+                        self._write_state_message()
+                    uncounted += 1
+                    if uncounted == COUNT_EVERY:
+                        counter.increment(uncounted)
+                        uncounted = 0
+                    yield record
+            finally:
+                counter.increment(uncounted)
+            if partition is None:
+                self._finalize_state(self.get_context_state(None))
+        self._finalize_state(self.stream_state)
+        self._write_state_message()
 
     # Record output --------------------------------------------------------------------
 

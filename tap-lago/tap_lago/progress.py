@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 if t.TYPE_CHECKING:
     import logging
+    from collections.abc import Iterable, Iterator
 
 #: Seconds between two progress lines of one stream (tests may lower it).
 PROGRESS_EVERY_SECONDS = 5.0
@@ -35,6 +36,12 @@ class StreamProgress:
     started: float | None = None
     last_line: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def counted(self, records: Iterable[dict[str, t.Any]]) -> Iterator[dict[str, t.Any]]:
+        """The records, each counted as emitted."""
+        for record in records:
+            self.records += 1
+            yield record
 
     def count_request(self, *, rate_limited: bool = False) -> None:
         """One HTTP attempt (from any thread)."""

@@ -104,12 +104,13 @@ class RecordShaper:
                 self._report_not_decimal(name)
             else:
                 record[name] = exact
-        for key in self.keys:
-            if record.get(key) is None:
-                if key not in self.stand_ins:
-                    self._report_null_key(key)
-                    return None
-                record[key] = self.stand_ins[key]
+        if None in map(record.get, self.keys):
+            for key in self.keys:
+                if record.get(key) is None:
+                    if key not in self.stand_ins:
+                        self._report_null_key(key)
+                        return None
+                    record[key] = self.stand_ins[key]
         if unknown:
             record[UNKNOWN_FIELDS] = unknown
         return record

@@ -25,9 +25,11 @@ from tap_lago.preflight import parse_setting_datetime
 from tap_lago.transport import PremiumOnlyError
 
 if t.TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
     from singer_sdk.helpers.types import Context
+
+    from tap_lago.progress import StreamProgress
 
 #: Keys remembered per stream and run to drop duplicates caused by shifting offset pages.
 #: When k rows are inserted ahead of the reader between the reads of two consecutive
@@ -77,23 +79,30 @@ class SeenKeys:
         self._order: collections.deque[int] = collections.deque()
         self.duplicates = 0
 
-    def add(self, key: t.Any) -> bool:
-        """Remember ``key``; return False when it was already seen."""
-        try:
-            digest = hash(key)
-        except TypeError:  # a key field holding a list or an object
-            digest = hash(repr(key))
-        keys = self._keys
-        size = len(keys)
-        keys.add(digest)
-        if len(keys) == size:  # one set lookup, not two
-            self.duplicates += 1
-            return False
-        order = self._order
-        order.append(digest)
-        if len(order) > self.capacity:
-            keys.discard(order.popleft())
-        return True
+    def fresh(
+        self,
+        records: Iterable[dict[str, t.Any]],
+        key_of: t.Callable[[dict[str, t.Any]], t.Any],
+        progress: StreamProgress,
+    ) -> Iterator[dict[str, t.Any]]:
+        """The records whose key (``key_of``) is new, each remembered and counted."""
+        keys, order, capacity = self._keys, self._order, self.capacity
+        for record in records:
+            key = key_of(record)
+            try:
+                digest = hash(key)
+            except TypeError:  # a key field holding a list or an object
+                digest = hash(repr(key))
+            size = len(keys)
+            keys.add(digest)
+            if len(keys) == size:  # one set lookup, not two
+                self.duplicates += 1
+                continue
+            order.append(digest)
+            if len(order) > capacity:
+                keys.discard(order.popleft())
+            progress.records += 1
+            yield record
 
 
 class ReplicationStream(PagingStream):
@@ -314,8 +323,20 @@ class ReplicationStream(PagingStream):
             if type(self).prepare_record is not ReplicationStream.prepare_record
             else None
         )
-        add = seen.add
-        progress = self.progress
+        if start is not None or prepare is not None:
+            records = self._past_bookmark(records, context, start, prepare)
+        if key_of is None:
+            return self.progress.counted(records)
+        return seen.fresh(records, key_of, self.progress)
+
+    def _past_bookmark(
+        self,
+        records: Iterable[dict[str, t.Any]],
+        context: Context | None,
+        start: dt.datetime | None,
+        prepare: t.Callable[..., dict[str, t.Any]] | None,
+    ) -> Iterator[dict[str, t.Any]]:
+        """Records prepared (``prepare_record``) and not before ``start``."""
         for record in records:
             if prepare is not None:
                 record = prepare(record, context)  # noqa: PLW2901
@@ -323,9 +344,6 @@ class ReplicationStream(PagingStream):
                 value = record.get(t.cast("str", self.replication_key))
                 if value and parse_datetime(value) < start:
                     continue
-            if key_of is not None and not add(key_of(record)):
-                continue
-            progress.records += 1
             yield record
 
     def prepare_record(

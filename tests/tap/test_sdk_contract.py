@@ -26,6 +26,14 @@ upgrade makes a test here fail:
 - ``Stream._sync_children(child_context)``, overridden by the subscriptions stream
   (:mod:`tap_lago.streams`): each child of subscriptions syncs only the subscriptions it
   reads. Check the stream still calls it once per parent record.
+- ``Stream._sync_records(context, *, write_messages)``, overridden in
+  :mod:`tap_lago.client`: a plain stream (top-level, no partitions, no children, records
+  the fast writer takes) runs ``LagoStream._sync_plain``, the same loop without the
+  per-record steps that change nothing there. It calls ``_get_state_partition_context``,
+  ``_write_starting_replication_value`` and ``_finalize_state`` as the SDK's loop does,
+  and compares ``_process_record`` to the SDK's to know it adds nothing. Check that
+  ``_sync_records`` still does only what ``_sync_plain`` does (the attributes it uses
+  are listed in ``test_sync_records``).
 - ``StreamStateManager.is_flushed`` (class in the private ``singer_sdk.streams._state``,
   reached through the public ``state_manager``): set as the SDK's own writers set it.
 - ``singer_sdk.helpers._typing``: :func:`tap_lago.writer.conformance_check` predicts what
@@ -43,6 +51,7 @@ import ast
 import decimal
 import inspect
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +76,34 @@ DOCUMENTED = {
     "_tap",
     "_write_activate_version_message",
     "_sync_children",
+    "_sync_records",
+    "_process_record",
+    "_get_state_partition_context",
+    "_write_starting_replication_value",
+    "_finalize_state",
+}
+
+#: What ``Stream._sync_records`` uses of its stream: ``LagoStream._sync_plain`` folds
+#: each of these steps (or leaves out what cannot apply to a plain stream).
+SYNC_RECORDS_USES = {
+    "STATE_MSG_FREQUENCY",
+    "_check_max_record_limit",
+    "_finalize_state",
+    "_get_state_partition_context",
+    "_increment_stream_state",
+    "_process_record",
+    "_write_record_message",
+    "_write_starting_replication_value",
+    "_write_state_message",
+    "get_context_state",
+    "get_record_counter",
+    "get_records",
+    "get_sync_timer",
+    "partitions",
+    "post_process",
+    "selected",
+    "state_manager",
+    "stream_state",
 }
 
 
@@ -114,6 +151,32 @@ def test_write_record_message() -> None:
         "is_flushed = False" in _source(Stream._write_record_message),
         name,
         "it no longer marks the state unflushed; the fast path copies what it does",
+    )
+
+
+def test_sync_records() -> None:
+    name = "Stream._sync_records"
+    signature = inspect.signature(Stream._sync_records)
+    _expect(
+        list(signature.parameters) == ["self", "context", "write_messages"],
+        name,
+        f"signature is now {signature}; tap_lago.client overrides (context, *, write_messages)",
+    )
+    source = _source(Stream._sync_records)
+    uses = set(re.findall(r"self\.(\w+)", source))
+    _expect(
+        uses == SYNC_RECORDS_USES,
+        name,
+        f"it now uses {sorted(uses ^ SYNC_RECORDS_USES)} differently: make "
+        "LagoStream._sync_plain do the same per record, then update SYNC_RECORDS_USES",
+    )
+    _expect(
+        "if current_context == state_partition_context:" in source
+        and "% self.STATE_MSG_FREQUENCY == 0" in source
+        and "record_counter.increment()" in source,
+        name,
+        "its partition finalizing, STATE frequency or record counting changed: "
+        "LagoStream._sync_plain copies them",
     )
 
 
