@@ -6,29 +6,38 @@ import decimal
 import json
 import typing as t
 
-import orjson
+import msgspec
 from singer_sdk.exceptions import FatalAPIError
 
 if t.TYPE_CHECKING:
     import requests
 
-#: Maps digits and dots to "0", every other byte to " ": a body holding a run of 17 of them
-#: may hold a number a double cannot represent exactly (checked at C speed).
-_DIGIT_MASK = bytes(0x30 if chr(i) in "0123456789." else 0x20 for i in range(256))
-_LONG_NUMBER = b"0" * 17
+
+def _fraction(text: str) -> float | decimal.Decimal:
+    """A JSON number with a fraction or exponent: a float when one holds it exactly.
+
+    Up to 15 significant digits without an exponent, the float's shortest form has the
+    text's value; any other number stays a `Decimal` with the text's digits.
+    """
+    if len(text) <= 16 and "e" not in text and "E" not in text:
+        return float(text)
+    return decimal.Decimal(text)
+
+
+_DECODER = msgspec.json.Decoder(float_hook=_fraction)
 
 
 def parse_json(content: bytes) -> t.Any:
-    """Parse a response body: orjson, unless a number would lose digits as a double.
+    """Parse a response body without a number losing digits.
 
-    Such bodies (and any orjson refuses) are parsed as the SDK does, floats as Decimal.
+    Integers of any size are exact (msgspec); fractions become floats where that is
+    exact, else `Decimal`s. A body msgspec refuses (a NaN, ...) is parsed as the SDK
+    does, floats as Decimal.
     """
-    if _LONG_NUMBER not in content.translate(_DIGIT_MASK):
-        try:
-            return orjson.loads(content)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(content, parse_float=decimal.Decimal)
+    try:
+        return _DECODER.decode(content)
+    except msgspec.DecodeError:
+        return json.loads(content, parse_float=decimal.Decimal)
 
 
 def response_body(response: requests.Response) -> t.Any:

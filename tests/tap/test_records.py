@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import requests
 from jsonschema import Draft202012Validator
+from tap_lago.parsing import parse_json
 from tap_lago.records import UNKNOWN_FIELDS, RecordShaper, to_decimal
 
 from tests.openapi_spec import FORMAT_CHECKER
@@ -279,3 +280,24 @@ def test_keys_of_free_form_maps_are_not_new_fields() -> None:
     shaper = RecordShaper("events", schema, logger)
     assert shaper.shape({"properties": {"region": "eu", "gb": 1.5}}) is not None
     assert shaper.nested == ()
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"n": 123456789012345678901234567890}', {"n": 123456789012345678901234567890}),
+        (b'{"n": 0.1, "m": -1234.5678901234}', {"n": 0.1, "m": -1234.5678901234}),
+        (b'{"n": 1234567890.123456789}', {"n": decimal.Decimal("1234567890.123456789")}),
+        (b'{"n": 1e-7, "m": 2.5E3}', {"n": decimal.Decimal("1e-7"), "m": decimal.Decimal("2.5E3")}),
+        (b'{"n": NaN}', None),
+    ],
+)
+def test_response_numbers_keep_every_digit(body: bytes, expected: dict[str, Any] | None) -> None:
+    """Integers of any size stay exact, fractions are floats only where a float holds them
+    exactly, and a body msgspec refuses (NaN) is read as the SDK would."""
+    parsed = parse_json(body)
+    if expected is None:
+        assert parsed["n"] != parsed["n"]  # NaN, read by the standard library
+        return
+    assert parsed == expected
+    assert [type(v) for v in parsed.values()] == [type(v) for v in expected.values()]
