@@ -245,6 +245,11 @@ def _count_records(stream: IO[bytes], counts: Counter[str]) -> None:
     counts.update(m.decode() for m in _RECORD_RE.findall(rest))
 
 
+#: Measured children may cache compiled modules, as an installed plugin does (pip compiles
+#: them at install); otherwise every start would compile the plugin's modules again.
+CHILD_ENV = {"PYTHONDONTWRITEBYTECODE": ""}
+
+
 def run_measured(
     cmd: list[str],
     *,

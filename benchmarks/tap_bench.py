@@ -58,6 +58,7 @@ from typing import Any
 import requests
 
 from benchmarks.common import (
+    CHILD_ENV,
     RunResult,
     SandboxProcess,
     console_script,
@@ -235,7 +236,7 @@ class Bench:
 
     def run_tap(self, sandbox: SandboxProcess, job: Job) -> RunResult:
         """Run the ``tap-lago`` console script for ``job``; counts RECORD lines."""
-        return run_measured(self.command(sandbox, job), count_records=True).check()
+        return run_measured(self.command(sandbox, job), count_records=True, env=CHILD_ENV).check()
 
     def run_at_once(
         self, sandbox: SandboxProcess, jobs: list[Job]
@@ -245,7 +246,7 @@ class Bench:
         results: list[RunResult | None] = [None] * len(jobs)
 
         def run(index: int) -> None:
-            results[index] = run_measured(commands[index], count_records=True)
+            results[index] = run_measured(commands[index], count_records=True, env=CHILD_ENV)
 
         started = time.monotonic()
         threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
@@ -267,7 +268,7 @@ class Bench:
         """Run the SDK floor (``floor`` sub-command) on ``streams``; its own sync timing."""
         cmd = [sys.executable, "-m", "benchmarks.tap_bench", "floor", "--url", sandbox.url]
         cmd += ["--streams", ",".join(streams)]
-        result = run_measured(cmd, count_records=True).check()
+        result = run_measured(cmd, count_records=True, env=CHILD_ENV).check()
         for line in reversed(result.stderr_tail.splitlines()):
             if line.startswith("FLOOR_RESULT "):
                 floor = json.loads(line.removeprefix("FLOOR_RESULT "))

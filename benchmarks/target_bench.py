@@ -52,6 +52,7 @@ from singer_sdk import Target
 from singer_sdk.sinks import BatchSink
 
 from benchmarks.common import (
+    CHILD_ENV,
     RunResult,
     SandboxProcess,
     console_script,
@@ -71,9 +72,6 @@ STATE_EVERY = 10_000
 BASE_EPOCH = 1_735_689_600  # 2025-01-01T00:00:00Z
 #: Lago Cloud's events budget: POST /events/batch requests a second per organisation.
 CLOUD_BUDGET = 500
-#: Measured children may cache compiled modules, as an installed plugin does (pip compiles
-#: them at install); otherwise every start would compile the SDK again.
-CHILD_ENV = {"PYTHONDONTWRITEBYTECODE": ""}
 SECTIONS = ("base", "cpu", "cloud")
 
 #: Schema of the warehouse usage table the benchmark reads (keyed by `id`; no

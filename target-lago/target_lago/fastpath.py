@@ -226,6 +226,8 @@ class _Plan:
         self.check = sink._seen.check
         self.queued: list[Item] | None = None  # the pending batch's records
         self.received = 0
+        self.untallied = 0  # records taken but not yet in the sink's batch count
+        self.room = -1  # records until the batch is full (-1: to be read from the sink)
         self.elsewhere = 0  # events of other shares since the last flush
         self.age = 0
 
@@ -311,7 +313,6 @@ class _Plan:
         if payload is _ELSEWHERE:  # another share's event: whatever it holds, skipped
             self.received += 1
             self.elsewhere += 1
-            sink.tally_record_read()
         else:
             try:
                 data = _encode(payload)
@@ -319,7 +320,6 @@ class _Plan:
                 return False  # the SDK path words the rejection
             # From here on the record is taken: counted, and queued or rejected.
             self.received += 1
-            sink.tally_record_read()
             tid = payload["transaction_id"]
             # A derived id ("tl-" and hex digits) is its own repr between quotes.
             key = f"event '{tid}'" if shape.given is None else f"event {tid!r}"
@@ -334,12 +334,18 @@ class _Plan:
                 if queued is None:  # the batch's list, until the next drain
                     queued = self.queued = sink._get_context(record).setdefault("records", [])
                 queued.append(item)
+        room = self.room
+        if room < 0:
+            room = self.limit - sink.current_size
+        self.room = room = room - 1
+        self.untallied += 1
         self.age += 1
         if self.age >= AGE_CHECK_EVERY:
             self.age = 0
-            self.queued = None  # the check may drain every sink
+            self.flush()  # the check may drain every sink
             self.target._handle_max_record_age()
-        if sink.current_size >= self.limit:
+            room = self.limit - sink.current_size
+        if room <= 0:
             self.flush()
             self.target.logger.info(
                 "Target sink for '%s' is full. Current size is '%s'. Draining...",
@@ -352,10 +358,14 @@ class _Plan:
     def flush(self) -> None:
         """Add the records taken since the last flush to the stream's counts.
 
-        Called before anything else may drain the sink, so the batch's list is forgotten
-        too.
+        Called before anything else may read or drain the sink, so the batch's list is
+        forgotten too.
         """
         self.queued = None
+        self.room = -1  # anything may drain the sink now
+        if self.untallied:
+            self.sink.tally_record_read(self.untallied)
+            self.untallied = 0
         if self.received:
             self.sink.stats.add("received", self.received)
             self.sink.record_counter_metric.increment(self.received)
