@@ -10,8 +10,8 @@
   time windows (``ReplicationStream``, ``TimeWindows``);
 - :mod:`tap_lago.date_windows` (invoices): a list read in date windows at once, each
   walked one page at a time (``DateWindowsStream``, stacked over a stream's base);
-- this module: schemas, record shaping (:mod:`tap_lago.records`) and RECORD output
-  (:mod:`tap_lago.writer`).
+- this module: schemas, record shaping (:mod:`tap_lago.records`), RECORD output
+  (:mod:`tap_lago.writer`) and, for plain streams, the per-record loop.
 
 Response bodies are parsed by :mod:`tap_lago.parsing`.
 """
