@@ -6,7 +6,6 @@ import functools
 import gc
 import typing as t
 
-from requests.adapters import HTTPAdapter
 from singer_sdk import Tap
 from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError
@@ -23,7 +22,7 @@ from tap_lago.preflight import (
 )
 from tap_lago.progress import Progress
 from tap_lago.streams import STREAM_TYPES, LagoStream
-from tap_lago.transport import LagoSession, RateLimitGate
+from tap_lago.transport import LagoSession, RateLimitGate, WireAdapter
 from tap_lago.writer import LagoMessageWriter
 
 if t.TYPE_CHECKING:
@@ -371,7 +370,7 @@ class TapLago(Tap):
         concurrency = max(1, int(self.config.get("max_concurrency", MAX_CONCURRENCY)))
         size = (2 + children) * concurrency + 2
         session = LagoSession()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=size, pool_block=False)
+        adapter = WireAdapter(pool_connections=4, pool_maxsize=size, pool_block=False)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         return session
