@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import typing as t
+import zlib
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
@@ -122,10 +123,12 @@ class WireAdapter(HTTPAdapter):
     urllib3 spends about 1.4 ms of CPU on each page (a body of a few hundred KiB read
     through several layers, headers parsed by the ``email`` package); :class:`Wire`
     spends a fraction of that. A GET without a proxy or a client certificate goes over
-    a pooled :class:`Wire`; a connection it cannot open or an answer that breaks off
-    sends the request again the urllib3 way, which then succeeds or fails with
-    requests' own errors (a GET may be repeated); a read that times out is requests'
-    ``ReadTimeout``. Other requests take urllib3, their body read in one piece.
+    a pooled :class:`Wire` (an idle one is checked still open first, as urllib3 does);
+    anything else takes urllib3, its body read in one piece. Each request is sent once:
+    a failure is requests' own exception (``SSLError``, ``ConnectTimeout``,
+    ``ReadTimeout``, ``ConnectionError``, whose cause tells refused from unresolved),
+    for the SDK's retries and the tap's one-line hints. A gzip or deflate body (a
+    gateway may compress what was asked for uncompressed) is decoded as urllib3 would.
     """
 
     def __init__(self, **kwargs: t.Any) -> None:
@@ -164,31 +167,42 @@ class WireAdapter(HTTPAdapter):
             if name.lower() not in _WIRE_HEADERS
         ).encode("latin-1")
         key = (parts.scheme, parts.hostname, parts.port, head, str(verify), seconds)
-        with self._lock:
-            idle = self._idle.get(key)
-            wire = idle.pop() if idle else None
+        wire = self._idle_wire(key)
         if wire is None:
             context = self._context(verify) if parts.scheme == "https" else None
             wire = Wire(parts.hostname, parts.port, timeout=seconds, context=context, head=head)
             try:
                 wire.connect()
-            except OSError:
-                wire.close()
-                return self._send_urllib3(request, stream, timeout, verify, cert, proxies)
+            except ssl.SSLError as exc:
+                raise requests.exceptions.SSLError(exc, request=request) from exc
+            except TimeoutError as exc:
+                raise requests.exceptions.ConnectTimeout(exc, request=request) from exc
+            except OSError as exc:
+                raise requests.exceptions.ConnectionError(exc, request=request) from exc
         try:
             answer = wire.exchange("GET", request.path_url, None)
         except TimeoutError as exc:
             wire.close()
             raise requests.exceptions.ReadTimeout(exc, request=request) from exc
-        except (OSError, http.client.HTTPException):
-            wire.close()  # e.g. a keep-alive connection the server had closed
-            return self._send_urllib3(request, stream, timeout, verify, cert, proxies)
+        except (OSError, http.client.HTTPException) as exc:
+            wire.close()
+            raise requests.exceptions.ConnectionError(exc, request=request) from exc
         if answer.will_close:
             wire.close()
         else:
             with self._lock:
                 self._idle.setdefault(key, []).append(wire)
         return _response(request, answer, self)
+
+    def _idle_wire(self, key: tuple[t.Any, ...]) -> Wire | None:
+        """An idle wire for ``key`` still open, if any (closed ones are dropped)."""
+        while True:
+            with self._lock:
+                idle = self._idle.get(key)
+                wire = idle.pop() if idle else None
+            if wire is None or wire.still_open():
+                return wire
+            wire.close()
 
     def _send_urllib3(
         self, request: requests.PreparedRequest, stream: bool, *args: t.Any
@@ -240,7 +254,7 @@ def _response(
     response = requests.Response()
     response.status_code = answer.status
     response.headers = CaseInsensitiveDict(answer.headers)
-    response._content = answer.content
+    response._content = _decoded(request, answer.content, response.headers)
     response._content_consumed = True  # type: ignore[attr-defined]
     response.encoding = get_encoding_from_headers(response.headers)
     try:
@@ -251,6 +265,27 @@ def _response(
     response.request = request
     response.connection = adapter
     return response
+
+
+def _decoded(
+    request: requests.PreparedRequest, content: bytes, headers: t.Mapping[str, str]
+) -> bytes:
+    """The body without its ``Content-Encoding`` (gzip or deflate; others left as sent)."""
+    coding = (headers.get("content-encoding") or "").strip().lower()
+    if not content or coding in ("", "identity"):
+        return content
+    try:
+        if coding in ("gzip", "x-gzip"):
+            return zlib.decompress(content, 16 + zlib.MAX_WBITS)
+        if coding == "deflate":
+            try:
+                return zlib.decompress(content)
+            except zlib.error:  # raw deflate, as some servers send it
+                return zlib.decompress(content, -zlib.MAX_WBITS)
+    except zlib.error as exc:
+        msg = f"cannot decode a {coding} body: {exc}"
+        raise requests.exceptions.ContentDecodingError(msg, request=request) from exc
+    return content
 
 
 class LagoAuthenticator(BearerTokenAuthenticator):

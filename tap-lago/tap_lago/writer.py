@@ -124,7 +124,7 @@ class LagoMessageWriter(SimpleSingerWriter):
 
         def write(record: dict[str, t.Any]) -> None:
             now = clock()
-            if now - t.cast("float", tail[1]) >= 0.001:
+            if not 0 <= now - t.cast("float", tail[1]) < 0.001:  # a new ms, or a clock set back
                 extracted: dict[str, t.Any] = {} if version is None else {"version": version}
                 extracted["time_extracted"] = dt.datetime.fromtimestamp(now, _UTC)
                 tail[0], tail[1] = b"," + dumps_line(extracted)[1:], now

@@ -8,7 +8,6 @@ import http.client
 import logging
 import os
 import random
-import select
 import socket
 import ssl
 import threading
@@ -173,7 +172,7 @@ class _Connections:
                 connection = self._idle.pop() if self._idle else None
             if connection is None:
                 break
-            if _still_open(connection):
+            if connection.still_open():
                 return connection
             connection.close()  # the server closed it while idle
         return Wire(
@@ -211,22 +210,6 @@ class _Connections:
             idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
-
-
-def _still_open(connection: Wire) -> bool:
-    """Whether an idle keep-alive connection can take a request (nothing to read on it)."""
-    sock = connection.sock
-    if sock is None:
-        return False
-    try:
-        if hasattr(select, "poll"):  # no limit on descriptor numbers
-            poller = select.poll()
-            poller.register(sock, select.POLLIN)
-            return not poller.poll(0)
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return False
-    return not readable
 
 
 class _Session:

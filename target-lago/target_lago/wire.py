@@ -17,6 +17,7 @@ from __future__ import annotations
 import http.client
 import io
 import re
+import select
 import socket
 import ssl
 
@@ -24,6 +25,8 @@ import ssl
 MAX_HEADERS = 100
 #: Longest status or header line read (as `http.client`).
 MAX_LINE = 65536
+#: Most bytes of a body read at once (a length announced by the server is not trusted).
+CHUNK = 1 << 20
 #: Methods that send `Content-Length: 0` without a body (as `http.client`).
 _EXPECTING_BODY = frozenset({"PATCH", "POST", "PUT"})
 _BAD_PATH = re.compile(r"[\x00-\x20\x7f]")
@@ -100,6 +103,21 @@ class Wire:
         self.sock = sock
         self._file = sock.makefile("rb")
 
+    def still_open(self) -> bool:
+        """Whether an idle keep-alive connection can take a request (nothing to read on it)."""
+        sock = self.sock
+        if sock is None:
+            return False
+        try:
+            if hasattr(select, "poll"):  # no limit on descriptor numbers
+                poller = select.poll()
+                poller.register(sock, select.POLLIN)
+                return not poller.poll(0)
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
+
     def close(self) -> None:
         """Close the connection (a later request opens a new one)."""
         file, sock = self._file, self.sock
@@ -146,16 +164,13 @@ class Wire:
         if "chunked" in (headers.get("transfer-encoding") or "").lower():
             return Answer(status, headers, _chunked(file), will_close)
         length = headers.get("content-length")
-        if length is None:
-            return Answer(status, headers, file.read(), True)
         try:
-            size = int(length)
+            size = -1 if length is None else int(length)
         except ValueError:
             raise http.client.HTTPException(f"bad Content-Length {length!r}") from None
-        content = file.read(size) if size > 0 else b""
-        if len(content) < size:
-            raise http.client.IncompleteRead(content, size - len(content))
-        return Answer(status, headers, content, will_close)
+        if size < 0:  # none (or a negative one, as http.client reads it): to the end
+            return Answer(status, headers, file.read(), True)
+        return Answer(status, headers, _exactly(file, size), will_close)
 
 
 def _status(line: bytes) -> tuple[int, int]:
@@ -186,10 +201,30 @@ def _headers(file: io.BufferedReader) -> Headers:
             return headers
         name, colon, value = line.partition(b":")
         if colon:
-            headers.setdefault(
-                name.strip().decode("latin-1").lower(), value.strip().decode("latin-1")
-            )
+            key, text = name.strip().decode("latin-1").lower(), value.strip().decode("latin-1")
+            if key == "content-length" and headers.get(key, text) != text:
+                raise http.client.HTTPException("conflicting Content-Length headers")
+            headers.setdefault(key, text)
     raise http.client.HTTPException(f"got more than {MAX_HEADERS} headers")
+
+
+def _exactly(file: io.BufferedReader, size: int) -> bytes:
+    """`size` bytes, read a chunk at a time (never more memory than what arrives)."""
+    if size <= CHUNK:
+        content = file.read(size) if size else b""
+    else:
+        parts: list[bytes] = []
+        left = size
+        while left:
+            part = file.read(min(left, CHUNK))
+            if not part:
+                break
+            parts.append(part)
+            left -= len(part)
+        content = b"".join(parts)
+    if len(content) < size:
+        raise http.client.IncompleteRead(content, size - len(content))
+    return content
 
 
 def _chunked(file: io.BufferedReader) -> bytes:

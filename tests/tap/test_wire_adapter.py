@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +90,52 @@ def test_a_proxy_is_never_bypassed(sandbox: Any) -> None:
     proxies = {"http": "http://127.0.0.1:9"}  # nothing listens there
     with pytest.raises(requests.exceptions.ProxyError):
         session.get(f"{sandbox.url}/taxes", proxies=proxies, timeout=5)
+
+
+def test_a_gateway_that_compresses_anyway_is_read(sandbox: Any) -> None:
+    """A gateway may gzip what was asked for uncompressed: the records are the same."""
+    upstream = sandbox.base_url
+
+    class Gzipping(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            answer = requests.get(
+                upstream + self.path,
+                headers={"Authorization": self.headers.get("Authorization", "")},
+                timeout=10,
+            )
+            body = gzip.compress(answer.content)
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Gzipping)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/api/v1"
+        direct = run_tap(tap_config(sandbox), streams={"taxes"}).records["taxes"]
+        through = run_tap(tap_config(sandbox, api_url=url), streams={"taxes"}).records["taxes"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert direct
+    assert through == direct
+
+
+def test_each_attempt_is_one_request(sandbox_factory: Any) -> None:
+    """A dropped connection is the SDK's to retry: max_retries 2 sends 3 requests in all."""
+    sb = sandbox_factory(seed={"customers": 1, "events": 0})
+    sb.set_faults([{"fault": "drop", "method": "GET", "path": "/api/v1/taxes"}])
+    sb.requests(clear=True)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        run_tap(tap_config(sb, max_retries=2), streams={"taxes"})
+    sent = [r for r in sb.requests(clear=True) if r["path"] == "/api/v1/taxes"]
+    assert len(sent) == 3

@@ -152,3 +152,23 @@ def test_a_server_that_closes_without_answering_is_no_response(
     ):
         client.post("/events/batch", b"{}")
     client.stop()
+
+
+def test_a_length_the_server_gets_wrong_is_read_safely(serve: list[ScriptedServer]) -> None:
+    """A negative length reads to the end (as http.client does), two different lengths are
+    no answer, and a huge one cut short is no answer, without reserving its size."""
+    server = ScriptedServer(
+        [
+            (b'HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n{"a": 1}', True),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", True),
+            (b'HTTP/1.1 200 OK\r\nContent-Length: 99999999999999\r\n\r\n{"b"', True),
+        ]
+    )
+    serve.append(server)
+    client = _client(server)
+    assert client.get("/events").body == {"a": 1}
+    for _ in range(2):
+        with pytest.raises(Exception, match=r"still failing after 0 retries"):
+            client.get("/events")
+    assert len(server.requests) == 3
+    client.stop()
