@@ -167,9 +167,10 @@ class LagoStream(ReplicationStream):
         What the SDK does per record that changes nothing here is left out: partition
         keys (none), child contexts (none), the bookmark of a stream read in time
         windows (moved per window). Each record is post-processed, written (by the fast
-        writer when it conforms, else the SDK's way), moves the bookmark, and is counted;
-        a STATE follows every ``STATE_MSG_FREQUENCY`` records and the stream's end, as
-        in the SDK's loop.
+        writer when it conforms, else the SDK's way), moves the bookmark, and is counted
+        (the SDK's record counter every ``COUNT_EVERY`` records: its interim metric lines
+        may lag by as many, its last one is exact); a STATE follows every
+        ``STATE_MSG_FREQUENCY`` records and the stream's end, as in the SDK's loop.
         """
         conforms_fully = t.cast("tuple[t.Any, Callable[..., bool]]", self._fast_path)[1]
         write = t.cast("LagoMessageWriter", self._tap.message_writer).record_writer(
