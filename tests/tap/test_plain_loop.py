@@ -168,8 +168,9 @@ def test_repeated_keys_are_dropped_whether_key_fields_are_there_or_not(
     """The dedupe reads keys at C speed; a record lacking a key field gets the same key as
     one holding null there, as the per-field reading gives."""
     stream = TapLago(config=tap_config(sandbox), parse_env_config=False).streams["events"]
+    assert isinstance(stream, EventsStream)
     seen = SeenKeys()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"transaction_id": "a", "external_subscription_id": "s"},
         {"transaction_id": "a", "external_subscription_id": "s"},
         {"transaction_id": "a"},
