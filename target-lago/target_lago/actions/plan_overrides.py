@@ -196,40 +196,56 @@ def _fixed_part(key: str, value: Any, field: str) -> Any:
     return value
 
 
-def _fixed_charges(
-    given: Any, held: list[Any], *, whole_plan: bool
-) -> tuple[list[dict], list[str]]:
-    """The fixed charges to send, each with its id in Lago, and the ones that differ.
+def _named_parts(
+    given: Any, held: list[Any], lists: str, noun: str, code_key: str
+) -> tuple[list[Mapping], list[tuple[int, Mapping, Mapping]]]:
+    """The plan's parts (charges or fixed charges) and, for each given one, the one it names.
 
-    Matched by `id` (their own or their parent's), else `code`, else the n-th on the
-    same add-on.
+    Matched by `id` (their own or their parent's), else `code`, else the n-th on the same
+    `code_key` (billable metric or add-on). Returns the plan's parts and (index, given
+    part, plan's part) per given part.
+
+    Raises:
+        Unmapped: When `given` is not a list of objects, or a part names none of the plan's.
     """
-    field = "plan_overrides.fixed_charges"
-    if not isinstance(given, list) or not all(isinstance(f, Mapping) for f in given):
+    field = f"plan_overrides.{lists}"
+    if not isinstance(given, list) or not all(isinstance(g, Mapping) for g in given):
         raise Unmapped(field, f"'{field}' must be a list")
-    held = [f for f in held if isinstance(f, Mapping)]
+    held = [h for h in held if isinstance(h, Mapping)]
     by_id = {}
-    for f in held:
-        by_id[f.get("lago_id")] = f
-        if f.get("lago_parent_id"):
-            by_id[f["lago_parent_id"]] = f
-    unnamed = [{**f, "add_on_code": str(f.get("add_on_code"))} for f in given if not f.get("id")]
-    ids = iter(match(unnamed, held, "add_on_code"))
-    out, changed = [], []
-    for index, f in enumerate(given):
-        field = f"plan_overrides.fixed_charges[{index}]"
-        if f.get("id"):
-            found = by_id.get(f["id"])
+    for h in held:
+        by_id[h.get("lago_id")] = h
+        if h.get("lago_parent_id"):
+            by_id[h["lago_parent_id"]] = h
+    unnamed = [{**g, code_key: str(g.get(code_key))} for g in given if not g.get("id")]
+    ids = iter(match(unnamed, held, code_key))
+    named = []
+    for index, g in enumerate(given):
+        if g.get("id"):
+            found = by_id.get(g["id"])
         else:
             lago_id = next(ids)
             found = next((h for h in held if h.get("lago_id") == lago_id), None)
         if found is None:
-            name = f.get("id") or f.get("code") or f.get("add_on_code")
+            where = f"{field}[{index}]"
+            name = g.get("id") or g.get("code") or g.get(code_key)
             raise Unmapped(
-                field,
-                f"'{field}' names fixed charge {name!r}, which the subscription's plan does "
-                "not have (name it by id, code or add_on_code of a fixed charge of the plan)",
+                where,
+                f"'{where}' names {noun} {name!r}, which the subscription's plan does not "
+                f"have (name it by id, code or {code_key} of a {noun} of the plan)",
             )
+        named.append((index, g, found))
+    return held, named
+
+
+def _fixed_charges(
+    given: Any, held: list[Any], *, whole_plan: bool
+) -> tuple[list[dict], list[str]]:
+    """The fixed charges to send, each with its id in Lago, and the ones that differ."""
+    held, named = _named_parts(given, held, "fixed_charges", "fixed charge", "add_on_code")
+    out, changed = [], []
+    for index, f, found in named:
+        field = f"plan_overrides.fixed_charges[{index}]"
         sent = {"id": found.get("lago_id")}
         mine: dict[str, Any] = {}
         theirs: dict[str, Any] = {}
@@ -252,31 +268,11 @@ def _fixed_charges(
 
 
 def _charges(given: Any, held: list[Any], *, whole_plan: bool) -> tuple[list[dict], list[str]]:
-    if not isinstance(given, list) or not all(isinstance(c, Mapping) for c in given):
-        raise Unmapped("plan_overrides.charges", "'plan_overrides.charges' must be a list")
-    held = [c for c in held if isinstance(c, Mapping)]
-    by_id = {}
-    for c in held:
-        by_id[c.get("lago_id")] = c
-        if c.get("lago_parent_id"):
-            by_id[c["lago_parent_id"]] = c
-    unnamed = [c for c in given if not c.get("id")]
-    keyed = [{**c, "billable_metric_code": str(c.get("billable_metric_code"))} for c in unnamed]
-    ids = iter(match(keyed, held, "billable_metric_code"))
+    """The charges to send, each with its id in Lago, and the ones that differ."""
+    held, named = _named_parts(given, held, "charges", "charge", "billable_metric_code")
     out, changed = [], []
-    for index, c in enumerate(given):
+    for index, c, found in named:
         field = f"plan_overrides.charges[{index}]"
-        found = by_id.get(c["id"]) if c.get("id") else None
-        if not c.get("id"):
-            lago_id = next(ids)
-            found = next((h for h in held if h.get("lago_id") == lago_id), None)
-        if found is None:
-            name = c.get("id") or c.get("code") or c.get("billable_metric_code")
-            raise Unmapped(
-                field,
-                f"'{field}' names charge {name!r}, which the subscription's plan does not "
-                "have (name it by id, code or billable_metric_code of a charge of the plan)",
-            )
         sent = {"id": found.get("lago_id")}
         mine, theirs = {}, _stored_charge(found)
         for key in CHARGE_FIELDS:
