@@ -52,13 +52,15 @@ if t.TYPE_CHECKING:
 #: Switch for tests comparing both paths (False: every record goes the SDK's way).
 ENABLED = True
 #: The SDK's metadata columns, dropped from records it does not annotate.
-SDC_COLUMNS = (
-    "_sdc_extracted_at",
-    "_sdc_received_at",
-    "_sdc_batched_at",
-    "_sdc_deleted_at",
-    "_sdc_sequence",
-    "_sdc_table_version",
+SDC_COLUMNS = frozenset(
+    {
+        "_sdc_extracted_at",
+        "_sdc_received_at",
+        "_sdc_batched_at",
+        "_sdc_deleted_at",
+        "_sdc_sequence",
+        "_sdc_table_version",
+    }
 )
 #: Records between two checks of the SDK's maximum record age (a drain every 5 minutes).
 AGE_CHECK_EVERY = 64
@@ -76,7 +78,17 @@ def _float(text: str) -> float | decimal.Decimal:
     return decimal.Decimal(text)
 
 
-DECODER = msgspec.json.Decoder(float_hook=_float)
+class Message(msgspec.Struct):
+    """What the fast path reads of a Singer message (other fields are skipped)."""
+
+    type: t.Any = None
+    stream: str | None = None
+    record: dict | None = None
+
+
+#: A line that is not a JSON object, or has a stream or record of another type, fails
+#: to decode: the SDK's reader then reads it (and words any problem).
+DECODER = msgspec.json.Decoder(Message, float_hook=_float)
 
 try:  # CPython's own SHA-256 starts faster than OpenSSL's on short texts; same digest
     from _sha256 import sha256 as _sha256
@@ -121,12 +133,15 @@ class Timestamps:
 
     `YYYY-MM-DDT` is read once per day (by `to_epoch` itself), `HH:MM` is one of 1,440
     and `:SS` one of 60, and a fraction with its zone (`.fffZ`) is read once per value;
-    an event adds them up. Texts of other forms go to `to_epoch`.
+    an event adds them up. A minute once read (`YYYY-MM-DDTHH:MM`) is remembered whole,
+    so a known minute and fraction cost three lookups (as `_Plan.payload` reads them).
+    Texts of other forms go to `to_epoch`.
     """
 
     def __init__(self) -> None:
         self.days: dict[str, int] = {}
         self.fractions: dict[str, str] = {}
+        self.minutes: dict[str, int] = {}  # YYYY-MM-DDTHH:MM -> its epoch seconds
 
     def epoch(self, text: str) -> int | str:
         """`to_epoch(text)`.
@@ -134,8 +149,12 @@ class Timestamps:
         Raises:
             ValueError: As `to_epoch` does.
         """
-        clock = _CLOCK.get(text[11:16])
+        minute = self.minutes.get(text[:16])
         second = _SECONDS.get(text[16:19])
+        fraction = self.fractions.get(text[19:])
+        if minute is not None and second is not None and fraction is not None:
+            return f"{minute + second}{fraction}" if fraction else minute + second
+        clock = _CLOCK.get(text[11:16])
         if clock is None or second is None:
             return to_epoch(text)
         day = self.days.get(text[:11])
@@ -145,6 +164,9 @@ class Timestamps:
                 return to_epoch(text)
             day = self.days[text[:11]]
             fraction = self.fractions[text[19:]]
+        if len(self.minutes) >= MEMORY:
+            self.minutes.clear()
+        self.minutes[text[:16]] = day + clock
         total = day + clock + second
         return f"{total}{fraction}" if fraction else total
 
@@ -170,8 +192,8 @@ class Timestamps:
 
 
 _NONE = type(None)
-#: `client.encode`, for the reading thread only.
-_encode = msgspec.json.Encoder(enc_hook=json_default, order="sorted").encode
+#: `client.encode` of a payload whose keys are in sorted order, for the reading thread only.
+_encode = msgspec.json.Encoder(enc_hook=json_default).encode
 #: Values of a jsonschema-judged column left to the SDK path (a `Decimal` there).
 _UNJUDGED = frozenset({float, dict, list})
 #: Kinds of values a property may have to be sent as they are (text is checked apart).
@@ -200,6 +222,8 @@ class _Shape(t.NamedTuple):
     given: type | None  # the type of a given transaction id (None: derived)
     amount: bool  # there is a precise_total_amount_cents
     nested: bool  # there is a properties object
+    key: str | None  # the id is derived from this one integer column
+    stamp: type  # the type of the timestamp
 
 
 class _Plan:
@@ -219,17 +243,29 @@ class _Plan:
         self.shapes: dict[tuple[tuple, tuple], _Shape | None] = {}
         columns = sorted(set(sink.id_columns))
         self.id_columns = [(column, _json_quote(column)) for column in columns]
-        self.heads: dict[str, str] = {}  # code -> start of the text its ids hash
+        self.codes: dict[t.Any, tuple[str, str]] = {}  # code -> (its text, its ids' start)
         self.times = Timestamps()
         self.limit = sink.max_size
         self.share = target.partition
         self.check = sink._seen.check
         self.queued: list[Item] | None = None  # the pending batch's records
-        self.received = 0
-        self.untallied = 0  # records taken but not yet in the sink's batch count
-        self.room = -1  # records until the batch is full (-1: to be read from the sink)
+        self.count = 0  # records taken since the last flush
+        self.stop = 0  # count at which `checkpoint` runs next
         self.elsewhere = 0  # events of other shares since the last flush
-        self.age = 0
+
+    def resolve(self, record: dict, keys: tuple, types: tuple) -> _Shape | None:
+        """The shape of a record not of a known shape.
+
+        The SDK's metadata columns are dropped first, as the SDK drops them from records
+        it does not annotate.
+        """
+        if not SDC_COLUMNS.isdisjoint(keys):
+            for name in SDC_COLUMNS:
+                record.pop(name, None)
+            keys = tuple(record)
+            types = tuple(map(type, record.values()))
+        found = self.shapes.get((keys, types), _UNKNOWN)
+        return self.shape(keys, types) if found is _UNKNOWN else found
 
     def shape(self, keys: tuple, types: tuple) -> _Shape | None:
         """Work out the records of one shape (None: the SDK path takes them)."""
@@ -264,16 +300,17 @@ class _Plan:
             return None
         if given is _NONE and not self.id_columns:
             return None
-        if kinds.get("timestamp", _NONE) in (_NONE, dict, list):
+        stamp = kinds.get("timestamp", _NONE)
+        if stamp in (_NONE, dict, list):
             return None
         nested = kinds.get("properties", _NONE)
         if nested not in (_NONE, dict):
             return None
-        columns = [
+        columns = sorted(
             key
             for key, kind in kinds.items()
             if kind is not _NONE and key not in _NOT_PROPERTIES and not key.startswith("_sdc_")
-        ]
+        )
         if nested is _NONE and any(kinds[key] not in _SENT_AS_IS for key in columns):
             return None
         sent = ["code", "external_subscription_id"]
@@ -282,6 +319,7 @@ class _Plan:
         if nested is _NONE:
             sent += columns
         texts = [key for key in dict.fromkeys(sent) if kinds[key] is str]
+        key = self.id_columns[0][0] if len(self.id_columns) == 1 else None
         return _Shape(
             texts=_getter(texts) if texts else None,
             columns=columns if nested is _NONE else [],
@@ -292,26 +330,31 @@ class _Plan:
             given=None if given is _NONE else given,
             amount=kinds.get("precise_total_amount_cents", _NONE) is not _NONE,
             nested=nested is dict,
+            key=key if given is _NONE and kinds.get(key) is int else None,
+            stamp=stamp,
         )
 
     def take(self, record: dict, line: str) -> bool:
-        """Queue one record as the SDK path would; False (nothing done) to leave it to it."""
-        if "_sdc_" in line:
-            for name in SDC_COLUMNS:
-                record.pop(name, None)
+        """Queue one record as the SDK path would; False (nothing done) to leave it to it.
+
+        `event_payload(record, id_columns)` for a record of a known shape, then the
+        sink's duplicate memory and batch; the common case in a few lookups, the rest
+        by `payload`.
+        """
         keys = tuple(record)
         types = tuple(map(type, record.values()))
-        shape = self.shapes.get((keys, types), _UNKNOWN)
-        if shape is _UNKNOWN:
-            shape = self.shape(keys, types)
-        if shape is None:
-            return False
-        payload = self.payload(record, shape)
+        shape = self.shapes.get((keys, types))
+        if type(shape) is not _Shape:
+            shape = self.resolve(record, keys, types)
+            if shape is None:
+                return False
+        if shape.judged or not line.isascii() or "\\u" in line:
+            payload = self.payload(record, shape)  # values to judge, or text to look at
+        else:  # ASCII without escapes: no NUL, no surrogate in any text
+            payload = self.payload(record, shape, plain=True)
         if payload is None:
             return False
-        sink = self.sink
         if payload is _ELSEWHERE:  # another share's event: whatever it holds, skipped
-            self.received += 1
             self.elsewhere += 1
         else:
             try:
@@ -319,82 +362,90 @@ class _Plan:
             except (ValueError, TypeError, OverflowError, msgspec.EncodeError):
                 return False  # the SDK path words the rejection
             # From here on the record is taken: counted, and queued or rejected.
-            self.received += 1
             tid = payload["transaction_id"]
             # A derived id ("tl-" and hex digits) is its own repr between quotes.
-            key = f"event '{tid}'" if shape.given is None else f"event {tid!r}"
-            item = Item(record, payload, key, data)
+            item = Item(
+                record, payload, f"event '{tid}'" if shape.given is None else f"event {tid!r}", data
+            )
             conflict, earlier = self.check(
                 hash((payload["external_subscription_id"], tid)), hash(data), data
             )
             if conflict:
-                sink.reject_duplicate(item, earlier)
+                self.sink.reject_duplicate(item, earlier)
             else:
                 queued = self.queued
                 if queued is None:  # the batch's list, until the next drain
-                    queued = self.queued = sink._get_context(record).setdefault("records", [])
+                    queued = self.queued = self.sink._get_context(record).setdefault("records", [])
                 queued.append(item)
-        room = self.room
-        if room < 0:
-            room = self.limit - sink.current_size
-        self.room = room = room - 1
-        self.untallied += 1
-        self.age += 1
-        if self.age >= AGE_CHECK_EVERY:
-            self.age = 0
-            self.flush()  # the check may drain every sink
-            self.target._handle_max_record_age()
-            room = self.limit - sink.current_size
+        self.count += 1
+        if self.count >= self.stop:
+            self.checkpoint()
+        return True
+
+    def checkpoint(self) -> None:
+        """Every `AGE_CHECK_EVERY` records, and when the batch is full: counts, age, drain."""
+        sink = self.sink
+        self.flush()
+        self.target._handle_max_record_age()  # may drain every sink
+        room = self.limit - sink.current_size
         if room <= 0:
-            self.flush()
             self.target.logger.info(
                 "Target sink for '%s' is full. Current size is '%s'. Draining...",
                 sink.stream_name,
                 sink.current_size,
             )
             self.target.drain_one(sink)
-        return True
+            room = self.limit - sink.current_size
+        self.stop = max(1, min(AGE_CHECK_EVERY, room))
 
     def flush(self) -> None:
         """Add the records taken since the last flush to the stream's counts.
 
         Called before anything else may read or drain the sink, so the batch's list is
-        forgotten too.
+        forgotten too, and the next record taken runs `checkpoint`.
         """
         self.queued = None
-        self.room = -1  # anything may drain the sink now
-        if self.untallied:
-            self.sink.tally_record_read(self.untallied)
-            self.untallied = 0
-        if self.received:
-            self.sink.stats.add("received", self.received)
-            self.sink.record_counter_metric.increment(self.received)
-            self.received = 0
+        self.stop = 0
+        if self.count:
+            sink = self.sink
+            sink.tally_record_read(self.count)
+            sink.stats.add("received", self.count)
+            sink.record_counter_metric.increment(self.count)
+            self.count = 0
         if self.elsewhere:
             self.sink.stats.add("skipped_by_partition", self.elsewhere)
             self.elsewhere = 0
 
-    def payload(self, record: dict, shape: _Shape) -> dict | None:
-        """`event_payload(record, id_columns)` for a record of a known shape; None: refused."""
-        texts, columns, _, judged, code_int, subscription_int, given, amount, nested = shape
-        for key, judge in judged:
-            if not judge.is_valid(record[key]):
+    def payload(self, record: dict, shape: _Shape, *, plain: bool = False) -> dict | None:
+        """`event_payload(record, id_columns)` for a record of a known shape; None: refused.
+
+        `plain`: the record's line is ASCII without escapes (no text to look at).
+        """
+        texts, columns, values, judged, _, subscription_int, given, *_ = shape
+        if not plain:
+            for key, judge in judged:
+                if not judge.is_valid(record[key]):
+                    return None
+            if texts is not None:
+                joined = "".join(texts(record))
+                if "\x00" in joined or (not joined.isascii() and _has_surrogate(joined)):
+                    return None
+        raw = record["code"]
+        known = self.codes.get(raw)
+        if known is None:
+            known = self.code(raw)
+            if known is None:
                 return None
-        if texts is not None:
-            joined = "".join(texts(record))
-            if "\x00" in joined or (not joined.isascii() and _has_surrogate(joined)):
-                return None
-        code = record["code"]
-        if code_int:
-            code = str(code)
-        elif not code.strip():
-            return None
+        code, head = known
         subscription = record["external_subscription_id"]
         if subscription_int:
             subscription = str(subscription)
         elif not subscription.strip():
             return None
-        if given is None:
+        if shape.key is not None:  # the common key: one integer column
+            text = f'{head}"{record[shape.key]}"}}}}'
+            tid = "tl-" + _sha256(text.encode("utf-8")).hexdigest()[:40]
+        elif given is None:
             tid = self.derive(code, record)
             if tid is None:
                 return None
@@ -407,25 +458,24 @@ class _Plan:
         if self.share is not None and not in_partition(tid, *self.share):
             return _ELSEWHERE
         moment = record["timestamp"]
-        kind = type(moment)
-        try:
-            if kind is str and len(moment) >= 20:
-                timestamp = self.times.epoch(moment)
-            elif kind is int and 0 <= moment < MAX_EPOCH_SECONDS:
-                timestamp = moment
-            elif kind is str and not moment.strip():
-                return None
+        if shape.stamp is str and len(moment) >= 20:  # `Timestamps.epoch`'s first lines
+            times = self.times
+            minute = times.minutes.get(moment[:16])
+            second = _SECONDS.get(moment[16:19])
+            fraction = times.fractions.get(moment[19:])
+            if minute is None or second is None or fraction is None:
+                timestamp = self.stamp(moment)
+            elif fraction:
+                timestamp = f"{minute + second}{fraction}"
             else:
-                timestamp = to_epoch(moment)
-        except ValueError:
+                timestamp = minute + second
+        else:
+            timestamp = self.stamp(moment)
+        if timestamp is None:
             return None
-        payload: dict[str, t.Any] = {
-            "code": code,
-            "external_subscription_id": subscription,
-            "transaction_id": tid,
-            "timestamp": timestamp,
-        }
-        if amount:
+        # Keys in sorted order (properties too, unless nested): `_encode` keeps it.
+        payload: dict[str, t.Any] = {"code": code, "external_subscription_id": subscription}
+        if shape.amount:
             try:
                 payload["precise_total_amount_cents"] = decimal_text(
                     record["precise_total_amount_cents"]
@@ -433,30 +483,51 @@ class _Plan:
             except ValueError:
                 return None
         if columns:
-            payload["properties"] = dict(zip(columns, shape.values(record)))  # noqa: B905
-        elif nested:
+            payload["properties"] = dict(zip(columns, values(record)))  # noqa: B905
+        elif shape.nested:
             properties = record["properties"]
             for key, value in properties.items():
                 if not (value is None or _scalar(value)) or not _plain_key(key):
                     return None
             if properties:
-                payload["properties"] = dict(properties)
+                payload["properties"] = dict(sorted(properties.items()))
+        payload["timestamp"] = timestamp
+        payload["transaction_id"] = tid
         return payload
+
+    def code(self, raw: str | int) -> tuple[str, str] | None:
+        """A code's text and the start of the text its derived ids hash; None: refused."""
+        code = raw if isinstance(raw, str) else str(raw)
+        if not code.strip():
+            return None
+        if len(self.codes) >= SHAPES:
+            self.codes.clear()
+        self.codes[raw] = found = (
+            code,
+            f'{{"code":{_json_quote(code)},"keys":{{{self.id_columns[0][1]}:'
+            if self.id_columns
+            else "",
+        )
+        return found
+
+    def stamp(self, moment: t.Any) -> int | str | None:
+        """`to_epoch(moment)` for the payload; None when it would refuse."""
+        kind = type(moment)
+        try:
+            if kind is str and len(moment) >= 20:
+                return self.times.epoch(moment)
+            if kind is int and 0 <= moment < MAX_EPOCH_SECONDS:
+                return moment
+            if kind is str and not moment.strip():
+                return None
+            return to_epoch(moment)
+        except ValueError:
+            return None
 
     def derive(self, code: str, record: dict) -> str | None:
         """`events.transaction_id(code, record, id_columns)`; None when it would refuse."""
-        columns = self.id_columns
-        if len(columns) == 1:
-            value = record.get(columns[0][0])
-            if type(value) is int:  # the common key: one integer column
-                head = self.heads.get(code)
-                if head is None:
-                    head = f'{{"code":{_json_quote(code)},"keys":{{{columns[0][1]}:'
-                    self.heads[code] = head
-                text = f'{head}"{value}"}}}}'
-                return "tl-" + _sha256(text.encode("utf-8")).hexdigest()[:40]
         parts = []
-        for column, quoted in columns:
+        for column, quoted in self.id_columns:
             value = record.get(column)
             if value is None or (type(value) is str and not value.strip()):
                 return None
@@ -543,10 +614,9 @@ def read_lines(
                 message = decode(line)
             except (ValueError, RecursionError):  # the reader words it (or a dead letter)
                 message = None
-            if type(message) is dict and message.get("type") == "RECORD":
-                stream = message.get("stream")
-                record = message.get("record")
-                if type(stream) is str and type(record) is dict:
+            if message is not None and message.type == "RECORD":
+                stream, record = message.stream, message.record
+                if stream is not None and record is not None:
                     plan = plans[stream] if stream in plans else fast.plan(stream)
                     if plan is not None and plan.take(record, line):
                         taken += 1
