@@ -31,6 +31,7 @@ def test_tiny_benchmark_delivers_every_event_exactly_once_in_every_run(
         slice_events=100,
         in_flight_levels=(1, 2, 4, 8),
         cpu_events=700,
+        cpu_rounds=2,
         cloud_events=1_000,
         processes=(1, 2, 4),
     )
@@ -48,6 +49,7 @@ def test_tiny_benchmark_delivers_every_event_exactly_once_in_every_run(
     # CPU per event: the reference and target-lago deliver the same input, start-ups nothing.
     assert (cpu.reference.stored, cpu.target.stored) == (700, 700)
     assert (cpu.reference_startup.stored, cpu.target_startup.stored) == (0, 0)
+    assert cpu.rounds == 2
     # Lago Cloud's budget: 1, 2 and 4 processes each store every event once, no 429 storm.
     assert [run.processes for run in cloud.runs] == [1, 2, 4]
     assert [run.stored for run in cloud.runs] == [1_000, 1_000, 1_000]
