@@ -22,7 +22,8 @@ Private SDK names it relies on (singer-sdk ~=0.54): `Target._sinks_active`,
 `Target._process_record_message` (only compared, to refuse a target that overrides it),
 `Target._handle_max_record_age`, `Sink._validator`, `BatchSink._get_context` (its list
 is kept until the next drain: every drain goes through `_Plan.flush` or follows it),
-`SingerReader._current_message` and `SingerReader._process_unknown_message`.
+`SingerReader._current_message`, `SingerReader._process_unknown_message` and
+`Sink._remove_sdc_metadata_from_record` (asked which columns it drops).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from json.encoder import encode_basestring_ascii as _json_quote
 import msgspec
 from singer_sdk import Target
 from singer_sdk.mapper import SameRecordTransform
+from singer_sdk.sinks import Sink
 
 from target_lago.actions.events import _NOT_PROPERTIES, EventsSink, in_partition, key_text
 from target_lago.mapping import _MAX_EPOCH_SECONDS as MAX_EPOCH_SECONDS
@@ -51,17 +53,29 @@ if t.TYPE_CHECKING:
 
 #: Switch for tests comparing both paths (False: every record goes the SDK's way).
 ENABLED = True
+
+
+class _Popped(dict):
+    """A record that notes the names popped from it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: set[str] = set()
+
+    def pop(self, key: t.Any, *default: t.Any) -> t.Any:
+        self.names.add(key)
+        return super().pop(key, *default)
+
+
+def _sdc_columns() -> frozenset[str]:
+    """The metadata columns the SDK drops from records it does not annotate (asked of it)."""
+    probe = _Popped()
+    Sink._remove_sdc_metadata_from_record(t.cast("Sink", None), probe)
+    return frozenset(probe.names)
+
+
 #: The SDK's metadata columns, dropped from records it does not annotate.
-SDC_COLUMNS = frozenset(
-    {
-        "_sdc_extracted_at",
-        "_sdc_received_at",
-        "_sdc_batched_at",
-        "_sdc_deleted_at",
-        "_sdc_sequence",
-        "_sdc_table_version",
-    }
-)
+SDC_COLUMNS = _sdc_columns()
 #: Records between two checks of the SDK's maximum record age (a drain every 5 minutes).
 AGE_CHECK_EVERY = 64
 
@@ -234,9 +248,10 @@ class _Plan:
     shape is worked out once (`shape`), and a record of a known shape costs a few lookups.
     """
 
-    def __init__(self, target: TargetLago, sink: EventsSink) -> None:
+    def __init__(self, target: TargetLago, sink: EventsSink, fast: FastEvents) -> None:
         self.target = target
         self.sink = sink
+        self.fast = fast  # every stream's plan, flushed before anything may drain
         validator = sink._validator
         self.validator = validator if isinstance(validator, RecordValidator) else None
         self.keys = tuple(sink.key_properties or ())
@@ -383,10 +398,13 @@ class _Plan:
         return True
 
     def checkpoint(self) -> None:
-        """Every `AGE_CHECK_EVERY` records, and when the batch is full: counts, age, drain."""
+        """Every `AGE_CHECK_EVERY` records, and when the batch is full: counts, age, drain.
+
+        Every stream's plan is flushed first: the age check may drain every sink.
+        """
         sink = self.sink
-        self.flush()
-        self.target._handle_max_record_age()  # may drain every sink
+        self.fast.flush()
+        self.target._handle_max_record_age()
         room = self.limit - sink.current_size
         if room <= 0:
             self.target.logger.info(
@@ -586,7 +604,7 @@ class FastEvents:
         )
         if not eligible:
             return None
-        return _Plan(target, t.cast("EventsSink", sink))
+        return _Plan(target, t.cast("EventsSink", sink), self)
 
 
 def _compiled(validator: t.Any) -> bool:
