@@ -460,10 +460,17 @@ class LagoClient:
                     retries,
                 )
                 self.pause(attempt)
+        advice = "rerun the same input: deliveries are idempotent"
+        if last_problem == "HTTP 429":
+            advice = (
+                "Lago's rate limit kept refusing it: lower max_requests_per_second (or "
+                "give this job a smaller share of the organisation's budget) and rerun "
+                "the same input: deliveries are idempotent"
+            )
         msg = (
             f"{method} {url} still failing after {retries} retries "
             f"(last: {last_problem}). Nothing after the last STATE message is "
-            "acknowledged; rerun the same input: deliveries are idempotent."
+            f"acknowledged; {advice}."
         )
         raise LagoUnavailableError(msg)
 

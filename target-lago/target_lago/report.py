@@ -84,7 +84,8 @@ class StreamStats:
     @property
     def unsent(self) -> int:
         """Records received and not settled: in flight, or left when the run stopped."""
-        return max(0, self.received - sum(getattr(self, name) for name in SETTLED))
+        settled = sum(getattr(self, name) for name in SETTLED) + self.skipped_by_partition
+        return max(0, self.received - settled)
 
     def progress_line(self, now: float) -> str:
         """A progress line: the counts so far and the rate at which records come in."""

@@ -56,6 +56,20 @@ def test_rate_limited_request_waits_what_lago_asks_then_succeeds(
     assert len(lago.dump()["events"]) == 5
 
 
+def test_a_rate_limit_that_never_lifts_names_the_setting_to_lower(
+    lago: Sandbox, config: dict, metric_code: str, waits: list[float]
+) -> None:
+    lago.set_faults([{"path": BATCH, "fault": "rate_limit", "count": 10, "after": 1}])
+    run = run_target(
+        {**config, "max_retries": 2}, events_messages(usage_rows(3, ["sub_a"], metric_code))
+    )
+    assert run.error is not None
+    message = str(run.error)
+    assert "still failing after 2 retries (last: HTTP 429)" in message
+    assert "lower max_requests_per_second" in message
+    assert lago.dump()["events"] == []
+
+
 def test_backoff_grows_exponentially_and_is_bounded(
     lago: Sandbox,
     config: dict,

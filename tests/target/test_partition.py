@@ -106,6 +106,8 @@ def test_the_summary_counts_the_events_left_to_the_other_shares(
     assert stats.skipped_by_partition + stats.delivered == 200
     assert 0 < stats.skipped_by_partition < 200
     assert f"skipped_by_partition={stats.skipped_by_partition}" in stats.line()
+    assert stats.unsent == 0  # the other shares' events are not left unsent
+    assert "unsent" not in stats.line()
 
 
 def test_a_partitioned_run_refuses_streams_it_cannot_split(lago: Sandbox, config: dict) -> None:
