@@ -48,6 +48,18 @@ def parse_setting_datetime(value: str | dt.datetime) -> dt.datetime:
     return parsed.astimezone(dt.timezone.utc)
 
 
+def parse_setting_end(value: str | dt.datetime) -> dt.datetime:
+    """``end_date`` as an aware UTC datetime: a date alone reaches through its last millisecond.
+
+    The bound is inclusive, so ``2025-11-30`` means the whole of that day (as
+    ``2025-11-30T23:59:59.999Z``), not its first instant.
+    """
+    end = parse_setting_datetime(value)
+    if isinstance(value, str) and "T" not in value.upper() and ":" not in value:
+        end += dt.timedelta(days=1, milliseconds=-1)
+    return end
+
+
 def _api_url_fix(raw: str) -> tuple[str, bool, bool]:
     """The value ``api_url`` should have, whether it has a scheme, and a /api/v1 root."""
     url = raw.strip()
@@ -78,7 +90,8 @@ def config_errors(config: Mapping[str, t.Any]) -> list[str]:
         if value in (None, ""):
             continue
         try:
-            dates[name] = parse_setting_datetime(value)
+            parse = parse_setting_end if name == "end_date" else parse_setting_datetime
+            dates[name] = parse(value)
         except (TypeError, ValueError) as exc:
             errors.append(
                 f"{name} {value!r} is not a valid ISO 8601 date or date-time ({exc}): "

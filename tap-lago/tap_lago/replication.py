@@ -22,7 +22,7 @@ import requests
 
 from tap_lago.paging import PagingStream
 from tap_lago.parsing import response_meta
-from tap_lago.preflight import parse_setting_datetime
+from tap_lago.preflight import parse_setting_datetime, parse_setting_end
 from tap_lago.transport import PremiumOnlyError
 
 if t.TYPE_CHECKING:
@@ -131,6 +131,7 @@ class ReplicationStream(PagingStream):
     _seen: SeenKeys | None = None
     _signpost_value: str | None = None
     _max_bookmark: str | None = None
+    _warned_past_end = False
     #: The ACTIVATE_VERSION held back until the stream's first response is in.
     _pending_version: int | None = None
 
@@ -168,9 +169,31 @@ class ReplicationStream(PagingStream):
         return parse_datetime(value) if value else None
 
     def end_datetime(self) -> dt.datetime | None:
-        """The ``end_date`` setting, if any."""
+        """The ``end_date`` setting, if any (a date alone: through its last millisecond)."""
         value = self.config.get("end_date")
-        return parse_setting_datetime(value) if value else None
+        return parse_setting_end(value) if value else None
+
+    def start_within_end(self, context: Context | None) -> dt.datetime | None:
+        """``start_datetime``, with a warning when a bookmark already passed ``end_date``.
+
+        Such a job reads nothing: its bookmark is another job's or another range's
+        (two runs of one Meltano extractor at once share its state file).
+        """
+        start = self.start_datetime(context)
+        end = self.end_datetime() if self.applies_end_date else None
+        past = start is not None and end is not None and start > end
+        if past and not self._warned_past_end and self.has_bookmark(context):
+            self._warned_past_end = True
+            self.logger.warning(
+                "%s: the bookmark %s is past end_date %s, so this job reads nothing. If the "
+                "state came from another job or range, clear this job's state (meltano "
+                "state clear <state id>) and run it again; parallel Meltano jobs need an "
+                "extractor each (inherit_from).",
+                self.name,
+                api_datetime(t.cast("dt.datetime", start)),
+                api_datetime(t.cast("dt.datetime", end)),
+            )
+        return start
 
     _predicting = False
 
@@ -396,7 +419,7 @@ class TimeWindows(ReplicationStream):
 
     def window_start(self, context: Context | None) -> dt.datetime | None:
         """Where the first window begins: the sync's start minus the lookback."""
-        start = self.start_datetime(context)
+        start = self.start_within_end(context)
         if start is None:
             return None
         lookback = dt.timedelta(days=float(self.config.get("lookback_window_days", 1)))

@@ -297,7 +297,7 @@ class FeesStream(LagoStream):
 
     def filter_params(self, context: Context | None) -> dict[str, t.Any]:  # noqa: D102
         params = {"created_at_to": api_datetime(self.signpost_datetime())}
-        start = self.start_datetime(context)
+        start = self.start_within_end(context)
         if start is not None:
             params["created_at_from"] = api_datetime(start)
         return params

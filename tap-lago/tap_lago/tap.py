@@ -113,9 +113,10 @@ class TapLago(Tap):
             th.DateTimeType,
             title="End date",
             description=(
-                "Latest data to read: events and fees up to this time, and their "
-                "bookmarks never pass it. Splits a backfill into jobs (start_date to "
-                "end_date); leave empty to read up to the sync's start."
+                "Latest data to read, inclusive: events and fees up to this time (a date "
+                "alone: through its last millisecond), and their bookmarks never pass it. "
+                "Splits a backfill into jobs (start_date to end_date); leave empty to read "
+                "up to the sync's start."
             ),
         ),
         th.Property(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import pytest
 from tap_lago.client import MAX_WINDOWS, parse_datetime
 
 from tests.tap.conftest import run_tap, tap_config
@@ -102,6 +104,48 @@ def test_end_date_splits_a_backfill_into_jobs(sandbox_factory: Any) -> None:
     assert together == event_keys(events)
     overlap = event_keys(first.records["events"]) & event_keys(second.records["events"])
     assert all(parse_datetime(t) == middle for t in _stamps(events, overlap))
+
+
+def test_an_end_date_without_a_time_reads_the_whole_of_that_day(sandbox_factory: Any) -> None:
+    sb = sandbox_factory(seed=SEED)
+    events = sb.dump()["events"]
+    stamps = sorted(parse_datetime(e["timestamp"]) for e in events)
+    day = stamps[len(stamps) // 2].date()
+    on_the_day = [s for s in stamps if s.date() == day]
+    assert on_the_day and max(on_the_day).time() > dt.time(0, 0)
+    config = tap_config(
+        sb, start_date=(stamps[0] - dt.timedelta(days=1)).isoformat(), lookback_window_days=0
+    )
+
+    result = run_tap({**config, "end_date": day.isoformat()}, streams={"events"})
+
+    read = sorted(parse_datetime(r["timestamp"]) for r in result.records["events"])
+    assert read == [s for s in stamps if s.date() <= day]  # the day's last event included
+    mark = parse_datetime(result.last_state["bookmarks"]["events"]["replication_key_value"])
+    assert mark == dt.datetime.combine(day, dt.time(23, 59, 59, 999_000), dt.timezone.utc)
+
+
+def test_a_bookmark_past_end_date_reads_nothing_and_says_why(
+    sandbox_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job handed another job's newer bookmark (parallel runs of one extractor)."""
+    sb = sandbox_factory(seed=SEED)
+    stamps = sorted(parse_datetime(e["timestamp"]) for e in sb.dump()["events"])
+    end = stamps[len(stamps) // 2]
+    later = (stamps[-1] + dt.timedelta(days=1)).isoformat()
+    state = {
+        "bookmarks": {"events": {"replication_key": "timestamp", "replication_key_value": later}}
+    }
+    config = tap_config(sb, start_date=stamps[0].isoformat(), end_date=end.isoformat())
+
+    with caplog.at_level(logging.WARNING):
+        result = run_tap(config, state=state, streams={"events"})
+
+    assert result.records.get("events", []) == []
+    warnings = [r.getMessage() for r in caplog.records if "past end_date" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "clear this job's state" in warnings[0]
+    assert "inherit_from" in warnings[0]
 
 
 def test_jobs_run_at_once_keep_their_own_bookmarks(sandbox_factory: Any, tmp_path: Path) -> None:
