@@ -70,6 +70,18 @@ def api_datetime(value: dt.datetime) -> str:
     )
 
 
+def api_datetime_to(value: dt.datetime) -> str:
+    """An inclusive upper bound for Lago's filters, through its millisecond's last microsecond.
+
+    Lago keeps microseconds (a float timestamp) but lists times to the millisecond, and
+    bounds here are milliseconds: an event at ``…59.9996`` belongs to the ``…59.999`` bound,
+    not to the next job or window, which starts at the following millisecond at most.
+    """
+    moment = value.astimezone(dt.timezone.utc)
+    moment = moment.replace(microsecond=moment.microsecond // 1000 * 1000 + 999)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
 class SeenKeys:
     """Bounded memory of primary keys already emitted in this run."""
 
@@ -412,7 +424,7 @@ class TimeWindows(ReplicationStream):
 
     def filter_params(self, context: Context | None) -> dict[str, t.Any]:  # noqa: D102
         low, high = self._window or (None, self.signpost_datetime())
-        params = {self.window_params[1]: api_datetime(high)}
+        params = {self.window_params[1]: api_datetime_to(high)}
         if low is not None:
             params[self.window_params[0]] = api_datetime(low)
         return params
@@ -460,7 +472,7 @@ class TimeWindows(ReplicationStream):
         send = self.request_decorator(self._send)
 
         def first_of(page: int) -> tuple[dict[str, t.Any] | None, int]:
-            params = {"per_page": 1, "page": page, self.window_params[1]: api_datetime(end)}
+            params = {"per_page": 1, "page": page, self.window_params[1]: api_datetime_to(end)}
             request = requests.Request("GET", self.get_url(None), params=params)
             response = send(self.requests_session.prepare_request(request), None)
             records = list(self.parse_response(response))

@@ -92,7 +92,7 @@ from tap_lago.client import (
 )
 from tap_lago.logs import LOG_STREAMS
 from tap_lago.paging import EVENTS_PAGE_SIZE
-from tap_lago.replication import canonical
+from tap_lago.replication import api_datetime_to, canonical
 
 if t.TYPE_CHECKING:
     from collections.abc import Generator, Iterable
@@ -296,7 +296,7 @@ class FeesStream(LagoStream):
     applies_end_date = True
 
     def filter_params(self, context: Context | None) -> dict[str, t.Any]:  # noqa: D102
-        params = {"created_at_to": api_datetime(self.signpost_datetime())}
+        params = {"created_at_to": api_datetime_to(self.signpost_datetime())}
         start = self.start_within_end(context)
         if start is not None:
             params["created_at_from"] = api_datetime(start)

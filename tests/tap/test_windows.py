@@ -24,15 +24,22 @@ EVENTS = "/api/v1/events"
 
 
 def event_windows(sandbox: Any) -> list[tuple[dt.datetime, dt.datetime]]:
-    """(timestamp_from, timestamp_to) of each page request of the events list, in order."""
+    """(timestamp_from, timestamp_to) of each page request of the events list, in order.
+
+    ``timestamp_to`` reaches the last microsecond of its millisecond (``….999999Z`` for a
+    bound of ``….999``): the bound is given here as that millisecond.
+    """
     out = []
     for entry in sandbox.requests():
         query = parse_qs(entry["query"])
         if entry["path"] == EVENTS and "timestamp_from" in query and entry["status"] == 200:
+            high = query["timestamp_to"][0]
+            assert high.endswith("999Z"), high
+            upper = parse_datetime(high)
             out.append(
                 (
                     parse_datetime(query["timestamp_from"][0]),
-                    parse_datetime(query["timestamp_to"][0]),
+                    upper.replace(microsecond=upper.microsecond // 1000 * 1000),
                 )
             )
     return out
@@ -146,6 +153,34 @@ def test_a_bookmark_past_end_date_reads_nothing_and_says_why(
     assert len(warnings) == 1
     assert "clear this job's state" in warnings[0]
     assert "inherit_from" in warnings[0]
+
+
+def test_an_event_in_the_last_millisecond_of_a_job_is_read_by_that_job(
+    sandbox_factory: Any,
+) -> None:
+    """Lago keeps microseconds: an event at ….9996 is neither before ….999 nor at the next
+    job's start; the job ending at ….999 reads it, the next one does not."""
+    sb = sandbox_factory(seed=SEED)
+    events = sb.dump()["events"]
+    stamps = sorted(parse_datetime(e["timestamp"]) for e in events)
+    cut = stamps[len(stamps) // 2].replace(microsecond=0) + dt.timedelta(seconds=1)
+    end = cut - dt.timedelta(milliseconds=1)
+    seam = cut - dt.timedelta(microseconds=400)
+    sb.upsert("events", {**events[0], "transaction_id": "seam", "timestamp": seam.isoformat()})
+    base = tap_config(sb, lookback_window_days=0, events_window_days=15)
+
+    older = run_tap(
+        {**base, "start_date": stamps[0].isoformat(), "end_date": end.isoformat()},
+        streams={"events"},
+    )
+    newer = run_tap({**base, "start_date": cut.isoformat()}, streams={"events"})
+
+    readers = [
+        name
+        for name, run in (("older", older), ("newer", newer))
+        if "seam" in {r["transaction_id"] for r in run.records["events"]}
+    ]
+    assert readers == ["older"]
 
 
 def test_jobs_run_at_once_keep_their_own_bookmarks(sandbox_factory: Any, tmp_path: Path) -> None:
