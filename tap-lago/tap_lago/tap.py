@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gc
 import typing as t
+import weakref
 
 from singer_sdk import Tap
 from singer_sdk import typing as th
@@ -374,6 +375,9 @@ class TapLago(Tap):
         adapter = WireAdapter(pool_connections=4, pool_maxsize=size, pool_block=False)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
+        # Its connections are closed with the tap, or at exit: none is left to the
+        # interpreter to report unclosed.
+        weakref.finalize(self, session.close)
         return session
 
     @functools.cached_property
