@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import sys
 import typing as t
 import weakref
 
@@ -308,8 +309,13 @@ class TapLago(Tap):
     def invoke(cls, **kwargs: t.Any) -> None:
         """Run the tap; an API or network error ends it with one line and exit status 1."""
         spare_the_collector()
-        with one_line_errors(cls.logger):
-            super().invoke(**kwargs)
+        try:
+            with one_line_errors(cls.logger):
+                super().invoke(**kwargs)
+        except ConfigValidationError as exc:  # a line per invalid setting, no summary line
+            for error in exc.errors or [str(exc)]:
+                cls.logger.error("Invalid setting: %s", error)
+            sys.exit(1)
 
     @classmethod
     def cb_test(cls, ctx: click.Context, param: click.Option, value: str) -> None:

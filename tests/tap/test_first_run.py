@@ -103,6 +103,17 @@ def test_invalid_start_date_is_named_before_any_stream(sandbox: Any, tmp_path: P
     assert sandbox.requests() == []
 
 
+@pytest.mark.parametrize(
+    ("value", "needle"), [(-1, "minimum of 0"), ("fast", "not of type 'integer'")]
+)
+def test_a_setting_of_the_wrong_kind_is_one_line_naming_it(
+    tmp_path: Path, value: Any, needle: str
+) -> None:
+    config = {"api_key": "k", "api_url": "http://127.0.0.1:9/api/v1"}
+    proc, _ = run_cli(tmp_path, {**config, "max_requests_per_second": value})
+    assert_one_line_failure(proc, "Invalid setting", "max_requests_per_second", needle)
+
+
 def test_closed_port_gives_up_within_seconds_in_one_line(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/api/v1"
