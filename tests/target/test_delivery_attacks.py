@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.lago_sandbox import Sandbox
-from tests.target.test_events_fast_path import BASE, PROPERTIES, _iso, run
+from tests.target.test_events_fast_path import PROPERTIES, both_ways, event_row
 
 OTHER = "usage_b"
 
@@ -33,29 +33,12 @@ def _state(value: Any) -> str:
     return json.dumps({"type": "STATE", "value": value})
 
 
-def _event(code: str, i: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "id": i,
-        "code": code,
-        "external_subscription_id": ("sub_a", "sub_b")[i % 2],
-        "timestamp": _iso(BASE + i * 61, ".250"),
-        "units": i,
-        **extra,
-    }
-
-
 CUSTOMER = {"external_id": {"type": "string"}, "name": {"type": ["string", "null"]}}
 SUBSCRIPTION = {
     "external_id": {"type": "string"},
     "external_customer_id": {"type": "string"},
     "plan_code": {"type": "string"},
 }
-
-
-def _both(lago: Sandbox, config: dict, text: str, monkeypatch: pytest.MonkeyPatch) -> tuple:
-    fast, fast_letters, taken = run(lago, config, text, monkeypatch, fast=True)
-    slow, slow_letters, _ = run(lago, config, text, monkeypatch, fast=False)
-    return fast, fast_letters, slow, slow_letters, taken
 
 
 def _interleaved(code: str, plan_code: str) -> str:
@@ -70,9 +53,9 @@ def _interleaved(code: str, plan_code: str) -> str:
     ]
     n = 0
     for i in range(40):
-        lines.append(_rec("usage", _event(code, i)))
+        lines.append(_rec("usage", event_row(code, i)))
         if i % 3 == 0:
-            lines.append(_rec(OTHER, _event(code, 1000 + i)))
+            lines.append(_rec(OTHER, event_row(code, 1000 + i)))
         if i % 7 == 0:
             lines.append(_rec("customers", {"external_id": f"c{i}", "name": f"C {i}"}))
             sub = {"external_id": f"s{i}", "external_customer_id": f"c{i}", "plan_code": plan_code}
@@ -89,7 +72,7 @@ def _interleaved(code: str, plan_code: str) -> str:
             lines.append(_schema("usage", ["id", "units"]))  # other key properties
         if i == 29:
             lines.append(json.dumps({"type": "ACTIVATE_VERSION", "stream": "usage", "version": 2}))
-    lines.append(_rec("usage", _event(code, 39)))  # a repeat, then the end without a STATE
+    lines.append(_rec("usage", event_row(code, 39)))  # a repeat, then the end without a STATE
     return "\n".join(lines)  # no final newline
 
 
@@ -110,7 +93,7 @@ def test_interleaved_streams_schema_and_state_give_what_the_sdk_path_gives(
         "max_in_flight": in_flight,
     }
     text = _interleaved(metric_code, plan["code"])
-    fast, fast_letters, slow, slow_letters, taken = _both(lago, settings, text, monkeypatch)
+    fast, fast_letters, slow, slow_letters, taken = both_ways(lago, settings, text, monkeypatch)
     assert taken > 40
     assert len(slow.events) == 54
     assert fast.events == slow.events
@@ -207,7 +190,7 @@ def test_a_run_killed_after_a_mid_run_state_then_resumed_from_it_stores_every_ev
     def text(start: int) -> str:
         lines = [_schema("usage", ["id"]), _schema(OTHER, ["id"])]
         for i in range(start, rows):
-            lines.append(_rec(("usage", OTHER)[i % 3 == 0], _event(metric_code, i)))
+            lines.append(_rec(("usage", OTHER)[i % 3 == 0], event_row(metric_code, i)))
             if i % 10 == 9:
                 lines.append(_state({"next": i + 1}))
         return "\n".join(lines) + "\n"
@@ -273,11 +256,11 @@ def test_partition_shares_of_interleaved_events_streams_give_what_the_sdk_path_g
 ) -> None:
     lines = [_schema("usage", ["id"]), _schema(OTHER, ["id"])]
     for i in range(30):
-        lines.append(_rec(("usage", OTHER)[i % 2], _event(metric_code, i)))
+        lines.append(_rec(("usage", OTHER)[i % 2], event_row(metric_code, i)))
         lines.append(_state({"n": i}))
         if i == 12:
             lines.append(_schema("usage", ["id", "units"]))
-    lines.append(_rec("usage", _event(metric_code, 3, units=99)))  # conflict, either share
+    lines.append(_rec("usage", event_row(metric_code, 3, units=99)))  # conflict, either share
     settings = {
         **config,
         "stream_actions": {"usage": "events", OTHER: "events"},
@@ -286,7 +269,7 @@ def test_partition_shares_of_interleaved_events_streams_give_what_the_sdk_path_g
         "partition": share,
         "allow_rejections": True,
     }
-    fast, fast_letters, slow, slow_letters, taken = _both(
+    fast, fast_letters, slow, slow_letters, taken = both_ways(
         lago, settings, "\n".join(lines) + "\n", monkeypatch
     )
     assert taken >= 30
@@ -342,7 +325,7 @@ def test_fast_and_sdk_records_of_one_stream_cut_the_same_tiny_batches(
         "max_in_flight": 1,
         "allow_rejections": True,
     }
-    fast, fast_letters, slow, slow_letters, taken = _both(
+    fast, fast_letters, slow, slow_letters, taken = both_ways(
         lago, settings, "\n".join(lines), monkeypatch
     )
     assert 20 < taken < 80

@@ -233,6 +233,25 @@ def run(
     return Outcome(lago, target, out.getvalue(), sent), letters, taken
 
 
+def event_row(code: str, i: int, **extra: Any) -> dict[str, Any]:
+    """A plain usage row keyed by `id` (two subscriptions, a quarter past each minute)."""
+    return {
+        "id": i,
+        "code": code,
+        "external_subscription_id": ("sub_a", "sub_b")[i % 2],
+        "timestamp": _iso(BASE + i * 61, ".250"),
+        "units": i,
+        **extra,
+    }
+
+
+def both_ways(lago: Sandbox, config: dict, text: str, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    """(fast outcome, its dead letters, SDK-path outcome, its dead letters, records taken fast)."""
+    fast, fast_letters, taken = run(lago, config, text, monkeypatch, fast=True)
+    slow, slow_letters, _ = run(lago, config, text, monkeypatch, fast=False)
+    return fast, fast_letters, slow, slow_letters, taken
+
+
 @pytest.mark.parametrize("share", [None, "2/3"])
 def test_the_fast_path_sends_stores_and_rejects_exactly_what_the_sdk_path_does(
     lago: Sandbox,

@@ -18,7 +18,12 @@ import pytest
 
 from tests.lago_sandbox import Sandbox
 from tests.target.helpers import cli_command, cli_env, dead_letters, write_config
-from tests.target.test_events_fast_path import BASE, PROPERTIES, STREAM, _iso, run
+from tests.target.test_events_fast_path import (
+    PROPERTIES,
+    STREAM,
+    both_ways,
+    event_row,
+)
 
 
 def _text(records: list[Any], *, streams: tuple[str, ...] = (STREAM,)) -> str:
@@ -43,23 +48,6 @@ def _text(records: list[Any], *, streams: tuple[str, ...] = (STREAM,)) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _row(code: str, i: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "id": i,
-        "code": code,
-        "external_subscription_id": ("sub_a", "sub_b")[i % 2],
-        "timestamp": _iso(BASE + i * 61, ".250"),
-        "units": i,
-        **extra,
-    }
-
-
-def _both(lago: Sandbox, config: dict, text: str, monkeypatch: pytest.MonkeyPatch) -> tuple:
-    fast, fast_letters, taken = run(lago, config, text, monkeypatch, fast=True)
-    slow, slow_letters, _ = run(lago, config, text, monkeypatch, fast=False)
-    return fast, fast_letters, slow, slow_letters, taken
-
-
 def _settings(config: dict, **more: Any) -> dict:
     return {**config, "stream_actions": {STREAM: "events"}, "max_in_flight": 1, **more}
 
@@ -70,10 +58,10 @@ def test_sdc_sync_started_at_is_dropped_as_the_sdk_drops_it(
     """The SDK drops `_sdc_sync_started_at` too: a dead letter must not hold it."""
     stamp = "2025-01-01T00:00:00Z"
     records = [
-        _row(metric_code, 1, _sdc_sync_started_at=stamp),
-        _row(metric_code, 1, _sdc_sync_started_at=stamp, units=99),  # same key, other content
+        event_row(metric_code, 1, _sdc_sync_started_at=stamp),
+        event_row(metric_code, 1, _sdc_sync_started_at=stamp, units=99),  # same key, other content
     ]
-    fast, fast_letters, slow, slow_letters, taken = _both(
+    fast, fast_letters, slow, slow_letters, taken = both_ways(
         lago, _settings(config), _text(records), monkeypatch
     )
     assert taken == 2
@@ -103,12 +91,12 @@ def test_a_drain_of_every_sink_for_record_age_loses_no_event_of_another_fast_str
 
     monkeypatch.setattr(TargetLago, "_max_record_age_in_minutes", property(age))
     other = "usage_b"
-    records = [_row(metric_code, i) for i in range(5)]
+    records = [event_row(metric_code, i) for i in range(5)]
     for i in (0, 1, 2, 4):
         records[i]["__stream"] = other
     settings = _settings(config, stream_actions={STREAM: "events", other: "events"})
     text = _text(records, streams=(STREAM, other))
-    fast, _, slow, _, taken = _both(lago, settings, text, monkeypatch)
+    fast, _, slow, _, taken = both_ways(lago, settings, text, monkeypatch)
     assert taken == 5
     assert len(slow.events) == 5
     assert fast.counts == slow.counts  # fast: usage_b received 4, delivered 3
@@ -131,41 +119,41 @@ def test_odd_lines_and_texts_give_what_the_sdk_path_gives(
         lambda self: message(self).encode("utf-8", "backslashreplace").decode("utf-8"),
     )
     code = metric_code
-    rows = [_line(_row(code, i)) for i in range(6)]
+    rows = [_line(event_row(code, i)) for i in range(6)]
     odd = [
         # Duplicate envelope keys: the last one counts, as for the SDK's reader.
         rows[0].replace('{"type": "RECORD"', '{"type": "STATE", "type": "RECORD"', 1),
-        rows[1][:-1] + ', "record": ' + json.dumps(_row(code, 101)) + "}",
+        rows[1][:-1] + ', "record": ' + json.dumps(event_row(code, 101)) + "}",
         '{"\\u0074ype": "RECORD", "stream": "usage", "record": '
-        + json.dumps(_row(code, 102))
+        + json.dumps(event_row(code, 102))
         + "}",
-        _line(_row(code, 103), time_extracted="2025-01-01T00:00:00Z", version=1e999),
-        "\ufeff" + _line(_row(code, 104)),
-        "   " + _line(_row(code, 105)) + "   ",
+        _line(event_row(code, 103), time_extracted="2025-01-01T00:00:00Z", version=1e999),
+        "\ufeff" + _line(event_row(code, 104)),
+        "   " + _line(event_row(code, 105)) + "   ",
         # Texts: a NUL or lone surrogate escaped, non-ASCII, escaped slashes, a key with NUL.
-        _line(_row(code, 106, region="a\u0000b")),
-        _line(_row(code, 107, region="z\u00fcrich")),
-        _line(_row(code, 108, region="a/b")).replace("/", "\\/"),
-        _line(_row(code, 109, **{"k\u0000": 1})),
-        _line(_row(code, 110, properties={"k\u0000": 1})),
-        _line(_row(code, 111, properties={"b": "\u00e9", "a": 1, "Z": None})),
-        _line(_row(f"{code}\u0000", 112)),
-        _line({**_row(code, 113), "external_subscription_id": "sub\u0000"}),
-        _line({**_row(code, 114), "transaction_id": "t\u0000"}),
+        _line(event_row(code, 106, region="a\u0000b")),
+        _line(event_row(code, 107, region="z\u00fcrich")),
+        _line(event_row(code, 108, region="a/b")).replace("/", "\\/"),
+        _line(event_row(code, 109, **{"k\u0000": 1})),
+        _line(event_row(code, 110, properties={"k\u0000": 1})),
+        _line(event_row(code, 111, properties={"b": "\u00e9", "a": 1, "Z": None})),
+        _line(event_row(f"{code}\u0000", 112)),
+        _line({**event_row(code, 113), "external_subscription_id": "sub\u0000"}),
+        _line({**event_row(code, 114), "transaction_id": "t\u0000"}),
         # Bytes that are not UTF-8 arrive as lone surrogates (surrogateescape).
-        _line(_row(code, 115, region="R")).replace('"R"', '"\udcff"'),
-        _line(_row(code, 116, region="R")).replace('"region"', '"\udcffregion"'),
-        _line(_row(code, 117), extra="X").replace('"X"', '"\udcff"'),
-        _line(_row(code, 118, properties={"p": "R"})).replace('"R"', '"\udcc3"'),
-        _line(_row(code, 119, region="\\u0000")),  # a backslash and "u0000": plain text
-        _line(_row(code, 120, region="\ud83d\ude00")),  # a pair, escaped
+        _line(event_row(code, 115, region="R")).replace('"R"', '"\udcff"'),
+        _line(event_row(code, 116, region="R")).replace('"region"', '"\udcffregion"'),
+        _line(event_row(code, 117), extra="X").replace('"X"', '"\udcff"'),
+        _line(event_row(code, 118, properties={"p": "R"})).replace('"R"', '"\udcc3"'),
+        _line(event_row(code, 119, region="\\u0000")),  # a backslash and "u0000": plain text
+        _line(event_row(code, 120, region="\ud83d\ude00")),  # a pair, escaped
         _line(
-            _row(code, 121, region="\U0001f600"),
+            event_row(code, 121, region="\U0001f600"),
         ).replace("\\ud83d\\ude00", "\U0001f600"),
     ]
     text = _text([*rows, *odd])
     settings = _settings(config, allow_rejections=True, batch_size=4)
-    fast, fast_letters, slow, slow_letters, taken = _both(lago, settings, text, monkeypatch)
+    fast, fast_letters, slow, slow_letters, taken = both_ways(lago, settings, text, monkeypatch)
     assert taken >= 10
     assert fast.requests == slow.requests
     assert fast.events == slow.events
@@ -199,7 +187,7 @@ def test_bytes_that_are_not_utf8_on_stdin_give_what_the_sdk_path_gives(
     lago: Sandbox, config: dict, metric_code: str, tmp_path: Path
 ) -> None:
     """Undecodable bytes in a value, a key, a skipped field; a BOM; CR line ends."""
-    rows = [_line(_row(metric_code, i, region="R")).encode() for i in range(8)]
+    rows = [_line(event_row(metric_code, i, region="R")).encode() for i in range(8)]
     data = [
         rows[0],
         rows[1].replace(b'"R"', b'"\xff"'),
