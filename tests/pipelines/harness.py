@@ -7,6 +7,7 @@ a Meltano system database (and so Meltano's state) of its own.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -108,6 +109,19 @@ class Meltano:
                 f"{proc.stdout[-5000:]}\n{proc.stderr[-15000:]}"
             )
         return result
+
+    def stored_state(self, state_id: str) -> dict[str, Any]:
+        """The Singer state Meltano stored under `state_id` (`meltano state get`)."""
+        proc = subprocess.run(
+            [meltano_bin(), "state", "get", state_id],
+            env=self.env(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return dict(json.loads(proc.stdout)["singer_state"])
 
     def dead_letters(self) -> list[str]:
         """The lines target-lago dead-lettered in these runs."""

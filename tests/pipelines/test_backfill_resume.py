@@ -12,7 +12,6 @@ completed window: tests/tap/test_windows.py.)
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import signal
 import subprocess
@@ -48,17 +47,8 @@ def _windows(lago: Sandbox) -> list[tuple[dt.datetime, dt.datetime]]:
 
 
 def _stored_bookmark(meltano: Meltano) -> dt.datetime:
-    proc = subprocess.run(
-        [meltano_bin(), "state", "get", STATE_ID],
-        env=meltano.env(),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    state = json.loads(proc.stdout)
-    return parse_datetime(state["singer_state"]["bookmarks"]["events"]["replication_key_value"])
+    state = meltano.stored_state(STATE_ID)
+    return parse_datetime(state["bookmarks"]["events"]["replication_key_value"])
 
 
 def test_killed_backfill_resumes_from_the_stored_bookmark(

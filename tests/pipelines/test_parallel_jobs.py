@@ -25,17 +25,8 @@ JOBS = ("older", "newer")
 
 
 def _bookmark(meltano: Meltano, job: str) -> dt.datetime:
-    proc = subprocess.run(
-        [meltano_bin(), "state", "get", f"dev:tap-lago--{job}-to-target-jsonl"],
-        env=meltano.env(),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    state = json.loads(proc.stdout)
-    return parse_datetime(state["singer_state"]["bookmarks"]["events"]["replication_key_value"])
+    state = meltano.stored_state(f"dev:tap-lago--{job}-to-target-jsonl")
+    return parse_datetime(state["bookmarks"]["events"]["replication_key_value"])
 
 
 def test_two_jobs_at_once_read_every_event_once_each_with_its_own_bookmark(
