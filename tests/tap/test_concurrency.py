@@ -220,32 +220,30 @@ def test_rows_inserted_while_paging_are_not_lost(
 ) -> None:
     """A page read before its predecessor, with rows inserted in between, is read again.
 
-    Page 2 is held back by the sandbox while page 3 is read; rows inserted at the top of
-    the list right then push page 2's last rows into page 3. Without the re-read they
-    would be in neither page as read. Every request is slowed a little, so page-ahead
-    (which stays off while pages arrive fast) is on from page 2.
+    Page 2 is held back while page 3 is read; rows inserted at the top of the list right
+    then push page 2's last rows into page 3. Without the re-read they would be in
+    neither page as read. Every request is slowed a little, so page-ahead (which stays
+    off while pages arrive fast) is on from page 2. Page 2 itself is held back, whichever
+    request reaches the sandbox first.
     """
     sb = sandbox_factory(seed={"seed": 5, "customers": 40, "events": 0}, latency_ms=50)
     original = {c["lago_id"] for c in sb.dump()["customers"]}
     sb.requests(clear=True)
-    sb.set_faults(
-        [
-            {
-                "path": "/api/v1/customers",
-                "fault": "latency",
-                "delay_ms": 2000,
-                "after": 1,
-                "count": 1,
-            }
-        ]
-    )
     inserted: list[str] = []
     lock = threading.Lock()
     real_request = client.LagoStream._send
 
+    def page(prepared: Any) -> str | None:
+        url = urlsplit(str(prepared.url))
+        if not url.path.endswith("/customers"):
+            return None
+        return (parse_qs(url.query).get("page") or ["1"])[0]
+
     def request(self: Any, prepared: Any, context: Any) -> Any:
+        if page(prepared) == "2" and not inserted:
+            time.sleep(2.0)  # until page 3 is read and the rows are inserted
         response = real_request(self, prepared, context)
-        if "page=3" in str(prepared.url) and "/customers" in str(prepared.url):
+        if page(prepared) == "3":
             with lock:
                 if not inserted:
                     new = [{"external_id": f"mid-sync-{i}", "name": f"new {i}"} for i in range(3)]
@@ -254,7 +252,6 @@ def test_rows_inserted_while_paging_are_not_lost(
 
     monkeypatch.setattr(client.LagoStream, "_send", request)
     result = run_tap(tap_config(sb, page_size=5, max_concurrency=4), streams={"customers"})
-    sb.set_faults([])
 
     assert inserted, "nothing was inserted during the sync"
     emitted = {r["lago_id"] for r in result.records["customers"]}
